@@ -1,0 +1,1 @@
+"""One LightningModule per task. Each is imported only by the experiments that use it."""

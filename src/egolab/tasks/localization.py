@@ -1,0 +1,165 @@
+"""Temporal action localization (ActionFormer): training with EMA weights, evaluation by tIoU mAP.
+
+The module receives built objects (model, criterion, post-processor, metric, optimizer factory);
+see docs/localization_contract.md for the batch and output formats they exchange.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+PREDICTIONS_FILE = "predictions.json"
+
+
+class LocalizationTask(L.LightningModule):
+    """ActionFormer recipe: AdamW with linear warmup + cosine per iteration, EMA weights for evaluation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        postprocess: Callable[[dict, dict], list[dict]],
+        metric: Any,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        weight_decay: float = 0.05,
+        warmup_epochs: int = 5,
+        eta_min: float = 1e-8,
+        ema_decay: float = 0.999,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.criterion = criterion
+        self.postprocess = postprocess
+        self.metric = metric
+        self.optimizer_factory = optimizer
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.eta_min = eta_min
+        self.ema_decay = ema_decay
+        self._eval_preds: list[dict] = []
+        self.test_predictions: list[dict] = []
+        self.label_names: list[str] | None = None
+
+    # ----------------------------------------------------------------------------- wiring
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        datamodule.max_div_factor = self.model.max_div_factor
+        datamodule.max_seq_len = self.model.max_seq_len
+        dataset = datamodule.test_dataset if stage == "test" else datamodule.val_dataset
+        if dataset is not None:
+            self.label_names = list(dataset.label_names)
+
+    def configure_optimizers(self) -> dict:
+        from egolab.models.actionformer import param_groups
+
+        optimizer = self.optimizer_factory(param_groups(self.model, self.weight_decay))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        eta_ratio = [self.eta_min / lr if lr > 0 else 0.0 for lr in base_lrs]
+
+        def factor(step: int, ratio: float) -> float:
+            if step < warmup:
+                return step / max(warmup, 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        lambdas = [lambda step, r=r: factor(step, r) for r in eta_ratio]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["feats"], batch["masks"])
+        losses = self.criterion(outputs, batch["segments"], batch["labels"])
+        size = len(batch["video_ids"])
+        for name, value in losses.items():
+            key = "train/loss" if name == "final_loss" else f"train/{name}"
+            self.log(key, value, batch_size=size, prog_bar=name == "final_loss")
+        return losses["final_loss"]
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """EMA over every floating-point entry of the state dict (weights and buffers)."""
+        ema_state = self.ema_model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                ema_state[name].mul_(self.ema_decay).add_(value.detach(), alpha=1 - self.ema_decay)
+            else:
+                ema_state[name].copy_(value)
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _predict(self, batch: dict) -> list[dict]:
+        outputs = self.ema_model(batch["feats"], batch["masks"])
+        return self.postprocess(outputs, batch)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_preds.extend(self._predict(batch))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_preds.extend(self._predict(batch))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_preds = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_preds = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val", self.trainer.datamodule.val_dataset)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_predictions = self._evaluate("test", self.trainer.datamodule.test_dataset)
+
+    def _evaluate(self, prefix: str, dataset: Any) -> list[dict]:
+        """Gather predictions from every rank, drop the sampler's duplicates, score against the GT."""
+        preds = self._eval_preds
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, preds)
+            preds = [p for rank_preds in gathered for p in rank_preds]
+        unique = {p["video_id"]: p for p in preds}
+        preds = [unique[k] for k in sorted(unique)]
+        ground_truth = {g["video_id"]: g for g in dataset.ground_truth()}
+        self.metric.reset()
+        self.metric.update(preds, [ground_truth[p["video_id"]] for p in preds])
+        results = self.metric.compute()
+        size = max(len(preds), 1)
+        for name, value in results.items():
+            self.log(f"{prefix}/{name}", float(value), batch_size=size, prog_bar=name == "average_mAP")
+        self._eval_preds = []
+        return preds
+
+    def write_predictions(self, run_dir: str | Path) -> Path:
+        """ActivityNet submission json (labels by name) plus label ids: read by late fusion."""
+        names = self.label_names
+        results = {}
+        for pred in self.test_predictions:
+            results[pred["video_id"]] = [
+                {
+                    "segment": [round(float(s), 4), round(float(e), 4)],
+                    "score": round(float(score), 6),
+                    "label": names[int(label)] if names else str(int(label)),
+                    "label_id": int(label),
+                }
+                for (s, e), score, label in zip(pred["segments"].tolist(), pred["scores"], pred["labels"])
+            ]
+        payload = {
+            "version": "egolab-localization-1",
+            "task": "localization",
+            "results": results,
+            "external_data": {"used": False},
+        }
+        path = Path(run_dir) / PREDICTIONS_FILE
+        path.write_text(json.dumps(payload))
+        return path

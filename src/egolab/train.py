@@ -1,0 +1,123 @@
+"""Hydra entry point: compose `conf/`, build data + task + trainer, fit, test, write the run dir.
+
+    python -m egolab.train task=localization model=actionformer/demo data=localization/demo
+
+Normally started by launch.py, which fixes the run dir so that a relaunch resumes from
+`checkpoints/last.ckpt` and `-t` tests it. The run dir receives `config.yaml` (resolved),
+`metrics.json` (final test metrics), the task's predictions file, checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("egolab")
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def _plugins() -> list:
+    """Under SLURM, submitit owns requeueing: switch Lightning's own auto-requeue off."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def print_metrics(metrics: dict[str, float], title: str = "test metrics") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Fit (unless test_only) then test; return the test metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from egolab.launch.runs import last_checkpoint
+
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+        default_root_dir=str(run_dir),
+        plugins=_plugins(),
+    )
+
+    last = last_checkpoint(run_dir)
+    if cfg.test_only:
+        if last is None:
+            raise FileNotFoundError(f"test_only: no checkpoint at {run_dir}/checkpoints/last.ckpt")
+        test_ckpt = str(last)
+    else:
+        if last is not None:
+            log.info("resuming from %s", last)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
+        if trainer.interrupted:
+            raise SystemExit("training was interrupted; relaunch the same command to resume")
+        test_ckpt = None if trainer.fast_dev_run else cfg.test_ckpt
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        if hasattr(task, "write_predictions"):
+            path = task.write_predictions(run_dir)
+            log.info("predictions written to %s", path)
+        print_metrics(metrics)
+    return metrics
+
+
+def run_from_overrides(overrides: list[str], run_dir: str | Path) -> dict[str, float]:
+    """Compose `conf/` with overrides and run in this process (for submitit executors and notebooks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from egolab.paths import CONF_DIR
+
+    run_dir = Path(run_dir).absolute()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(Path.cwd())
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return run(cfg, run_dir)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = run(cfg, run_dir)
+    return metrics.get(cfg.monitor.replace("val/", "test/"))
+
+
+if __name__ == "__main__":
+    main()

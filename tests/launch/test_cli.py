@@ -1,0 +1,85 @@
+"""launch.py planning: commands, run dirs, modes and errors (nothing is run)."""
+
+import sys
+
+import pytest
+
+from egolab.launch.cli import build_parser, experiment_name, main, plan
+from egolab.launch.txtfile import ExperimentFileError
+
+BASE = "task=localization\nmodel=actionformer/demo\ndata=localization/demo\n"
+
+
+@pytest.fixture
+def expt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "expts").mkdir()
+    path = tmp_path / "expts" / "x.txt"
+    path.write_text(BASE + "seed=0,1\nhydra.launcher.nodes=2   # cluster only\n")
+    return path
+
+
+def make_plan(*argv):
+    return plan(build_parser().parse_args(list(argv)))
+
+
+def test_local_sweep_runs_each_combination_in_its_own_dir(expt, tmp_path):
+    result = make_plan("-c", "expts/x.txt", "-l", "--outputs", str(tmp_path / "OUT"))
+    assert result.run_dirs == [
+        tmp_path / "OUT" / "expts" / "x.txt" / "0",
+        tmp_path / "OUT" / "expts" / "x.txt" / "1",
+    ]
+    first, second = result.commands
+    assert first[:3] == [sys.executable, "-m", "egolab.train"]
+    assert "seed=0" in first and "seed=1" in second
+    assert f"hydra.run.dir={result.run_dirs[1]}" in second
+    assert "run_index=1" in second and "name=x" in second
+    assert not any(arg.startswith("hydra.launcher.") for arg in first), "SLURM-only line leaked to local run"
+
+
+def test_debug_mode_single_process(expt, tmp_path):
+    result = make_plan("-c", "expts/x.txt", "-g", "--run-id", "1", "--outputs", str(tmp_path / "OUT"))
+    (cmd,) = result.commands
+    assert "data.num_workers=0" in cmd and "trainer.devices=1" in cmd and "seed=1" in cmd
+    assert result.run_dirs == [tmp_path / "OUT" / "expts" / "x.txt" / "debug"]
+
+
+def test_cluster_mode_is_one_hydra_multirun(expt, tmp_path):
+    result = make_plan("-c", "expts/x.txt", "-p", "gpu", "--gpus", "4", "--outputs", str(tmp_path / "OUT"))
+    (cmd,) = result.commands
+    assert cmd[3] == "-m"
+    assert "seed=0,1" in cmd and "hydra.launcher.nodes=2" in cmd
+    assert "hydra/launcher=slurm" in cmd and "hydra.launcher.partition=gpu" in cmd
+    assert "hydra.launcher.gpus_per_node=4" in cmd
+    assert f"hydra.sweep.dir={tmp_path / 'OUT' / 'expts' / 'x.txt'}" in cmd
+    assert "hydra.sweep.subdir=${hydra.job.num}" in cmd
+
+
+def test_seeds_flag_makes_a_sweep(expt, tmp_path):
+    expt.write_text(BASE)
+    result = make_plan("-c", "expts/x.txt", "--seeds", "0", "1", "2", "--outputs", str(tmp_path / "OUT"))
+    assert len(result.commands) == 3
+    assert [c for cmd in result.commands for c in cmd if c.startswith("seed=")] == [
+        "seed=0",
+        "seed=1",
+        "seed=2",
+    ]
+
+
+def test_errors(expt, tmp_path, capsys):
+    with pytest.raises(ExperimentFileError, match="out of range"):
+        make_plan("-c", "expts/x.txt", "--run-id", "5")
+    with pytest.raises(ExperimentFileError, match="no checkpoint to test"):
+        make_plan("-c", "expts/x.txt", "-t", "--outputs", str(tmp_path / "OUT"))
+    expt.write_text(BASE + "\n# comment\ntask.metric.nope=3\n")
+    assert main(["-c", "expts/x.txt", "--dry-run"]) == 2
+    assert "expts/x.txt:6: override 'task.metric.nope=3' does not compose" in capsys.readouterr().err
+    expt.write_text(BASE.replace("actionformer/demo", "actionformer/missing"))
+    with pytest.raises(ExperimentFileError, match=r"x\.txt:2: .*actionformer/missing"):
+        make_plan("-c", "expts/x.txt")
+
+
+def test_experiment_name():
+    from pathlib import Path
+
+    assert experiment_name(Path("expts/demo/localization.txt")) == "demo/localization"
