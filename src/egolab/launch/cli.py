@@ -181,26 +181,20 @@ def _blame(lines: list[OverrideLine], error: str) -> OverrideLine | None:
 
 
 def summarize(dirs: list[Path]) -> None:
-    """Print the final test metrics of each run as a table."""
+    """Print the final test metrics of the runs of a sweep side by side (one row per metric)."""
     from rich.console import Console
     from rich.table import Table
 
-    results = {
-        d: json.loads((d / "metrics.json").read_text()) for d in dirs if (d / "metrics.json").is_file()
-    }
-    if not results:
+    files = {d: d / "metrics.json" for d in dirs}
+    results = {d: json.loads(f.read_text()) for d, f in files.items() if f.is_file()}
+    if len(results) < 2:
         return
-    keys = sorted({k for metrics in results.values() for k in metrics})
-    table = Table(title="test metrics")
-    table.add_column("run")
-    for key in keys:
-        table.add_column(key, justify="right")
-    for directory, metrics in results.items():
-        values = [
-            f"{metrics[k]:.4f}" if isinstance(metrics.get(k), float) else str(metrics.get(k, ""))
-            for k in keys
-        ]
-        table.add_row(str(directory), *values)
+    table = Table(title="test metrics per run")
+    table.add_column("metric")
+    for directory in results:
+        table.add_column(directory.name, justify="right")
+    for key in sorted({k for metrics in results.values() for k in metrics}):
+        table.add_row(key, *(f"{m[key]:.4f}" if key in m else "" for m in results.values()))
     Console().print(table)
 
 

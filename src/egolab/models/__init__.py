@@ -1,0 +1,1 @@
+"""Model architectures, their training targets and losses, and their output decoders."""

@@ -1,0 +1,758 @@
+"""ActionFormer (Zhang et al., ECCV 2022): single-stage temporal action localization on clip features.
+
+Behaviour follows the released code (happyharrycn/actionformer_release, ``convTransformer`` backbone,
+``identity``/``fpn`` neck, point generator and shared heads); see docs/localization_contract.md for the
+input and output formats. Reading order: masked primitives, positional encoding, attention, transformer
+block, backbone, necks, point generator, heads, the full model, optimizer parameter groups.
+
+Internally every tensor is channel-first (B, C, T) and masks are bool (B, 1, T).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_REGRESSION_RANGE = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000))
+FPN_TYPES = ("identity", "fpn")
+EMPTY_CLASS_PRIOR = 1e-6
+PADDED_KEY_BIAS = -1e4
+
+
+# --------------------------------------------------------------------------------------- primitives
+class MaskedConv1D(nn.Module):
+    """Conv1d ('same' padding, odd kernel) whose output is zeroed at padded steps.
+
+    With stride s the mask is downsampled by nearest neighbour (every s-th step); T must divide by s.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
+        self.stride = stride
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=bias,
+        )
+        if bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] % self.stride != 0:
+            raise ValueError(
+                f"sequence length {x.shape[-1]} is not divisible by the conv stride {self.stride}"
+            )
+        out_mask = mask[..., :: self.stride]
+        return self.conv(x) * out_mask.to(x.dtype), out_mask
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, T) tensor, with a per-channel affine."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps)
+        return out.transpose(1, 2)
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (per-level regression scale)."""
+
+    def __init__(self, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class AffineDropPath(nn.Module):
+    """Per-channel scale (init 1e-4, LayerScale-style) followed by stochastic depth on the residual."""
+
+    def __init__(self, num_channels: int, drop_prob: float = 0.0, init_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1, num_channels, 1), init_scale))
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.scale * x
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device) < keep_prob
+        return x * keep.to(x.dtype) / keep_prob
+
+
+def sinusoid_encoding(length: int, dim: int) -> torch.Tensor:
+    """Transformer sine/cosine table as (1, dim, length): sin on even channels, cos on odd ones."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    channel = torch.arange(dim)
+    angles = position / torch.pow(10000.0, 2 * (channel // 2) / dim).to(torch.float64)
+    table = torch.where(channel % 2 == 0, torch.sin(angles), torch.cos(angles))
+    return table.T[None].to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------- attention
+class ConvProjection(nn.Module):
+    """One of the query/key/value maps of MHCA: depthwise (strided) conv -> LayerNorm -> 1x1 conv."""
+
+    def __init__(self, n_embd: int, stride: int) -> None:
+        super().__init__()
+        kernel_size = stride + 1 if stride > 1 else 3
+        self.conv = MaskedConv1D(n_embd, n_embd, kernel_size, stride=stride, groups=n_embd, bias=False)
+        self.norm = LayerNorm(n_embd)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, out_mask = self.conv(x, mask)
+        return self.proj(self.norm(out)), out_mask
+
+
+def _split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, C, T) -> (B, H, T, C/H)."""
+    batch, channels, length = x.shape
+    return x.view(batch, n_head, channels // n_head, length).transpose(2, 3)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, C/H) -> (B, C, T)."""
+    batch, n_head, length, head_dim = x.shape
+    return x.transpose(2, 3).reshape(batch, n_head * head_dim, length)
+
+
+class MaskedMHCA(nn.Module):
+    """Global multi-head conv attention; padded keys are excluded, padded query steps zeroed."""
+
+    def __init__(self, n_embd: int, n_head: int, stride: int = 1, proj_pdrop: float = 0.0) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.query = ConvProjection(n_embd, stride)
+        self.key = ConvProjection(n_embd, stride)
+        self.value = ConvProjection(n_embd, stride)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.proj_drop = nn.Dropout(proj_pdrop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, q_mask = self.query(x, mask)
+        k, kv_mask = self.key(x, mask)
+        v, _ = self.value(x, mask)
+        out = F.scaled_dot_product_attention(
+            _split_heads(q, self.n_head),
+            _split_heads(k, self.n_head),
+            _split_heads(v, self.n_head),
+            attn_mask=kv_mask[:, None],  # (B, 1, 1, T_k), True where the key is valid
+        )
+        out = self.proj_drop(self.proj(_merge_heads(out)))
+        return out * q_mask.to(out.dtype), q_mask
+
+
+def local_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    window: int,
+    rel_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention restricted to keys j with |i - j| <= window // 2.
+
+    q, k, v: (B, H, T, D) sharing the same time steps; mask: (B, T) bool, True on valid steps.
+    rel_bias: optional (H, window) additive bias indexed by the key offset j - i + window // 2.
+    As in the released sliding-chunk implementation, padded keys get a -1e4 bias, keys beyond the
+    sequence ends are excluded, and rows at padded queries are zeroed after the softmax.
+    Returns (B, H, T, D).
+    """
+    half = window // 2
+    length = q.shape[2]
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (B, H, T, D, window), zero-padded ends
+        return F.pad(x, (0, 0, half, half)).unfold(2, window, 1)
+
+    scores = torch.einsum("bhtd,bhtdw->bhtw", q * q.shape[-1] ** -0.5, windows(k))
+    if rel_bias is not None:
+        scores = scores + rel_bias[None, :, None, :].to(scores.dtype)
+    inside = F.pad(torch.ones(length, dtype=torch.bool, device=q.device), (half, half)).unfold(0, window, 1)
+    key_valid = F.pad(mask, (half, half)).unfold(1, window, 1)  # (B, T, window)
+    key_bias = torch.zeros(key_valid.shape, dtype=scores.dtype, device=q.device)
+    key_bias = key_bias.masked_fill(~key_valid, PADDED_KEY_BIAS).masked_fill(~inside, float("-inf"))
+    attn = torch.softmax(scores + key_bias[:, None], dim=-1)
+    attn = attn.masked_fill(~mask[:, None, :, None], 0.0)
+    return torch.einsum("bhtw,bhtdw->bhtd", attn, windows(v))
+
+
+class LocalMaskedMHCA(nn.Module):
+    """Multi-head conv attention within a sliding window of odd size w (optionally with a relative bias)."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        window_size: int,
+        stride: int = 1,
+        proj_pdrop: float = 0.0,
+        use_rel_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        if window_size <= 1 or window_size % 2 != 1:
+            raise ValueError(f"local attention needs an odd window size > 1, got {window_size}")
+        self.n_head = n_head
+        self.window_size = window_size
+        self.query = ConvProjection(n_embd, stride)
+        self.key = ConvProjection(n_embd, stride)
+        self.value = ConvProjection(n_embd, stride)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.proj_drop = nn.Dropout(proj_pdrop)
+        self.rel_pe = None
+        if use_rel_pe:
+            self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
+            nn.init.trunc_normal_(self.rel_pe, std=(2.0 / n_embd) ** 0.5)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, q_mask = self.query(x, mask)
+        k, kv_mask = self.key(x, mask)
+        v, _ = self.value(x, mask)
+        out = local_window_attention(
+            _split_heads(q, self.n_head),
+            _split_heads(k, self.n_head),
+            _split_heads(v, self.n_head),
+            kv_mask[:, 0],
+            self.window_size,
+            rel_bias=None if self.rel_pe is None else self.rel_pe[0, 0],
+        )
+        out = self.proj_drop(self.proj(_merge_heads(out)))
+        return out * q_mask.to(out.dtype), q_mask
+
+
+# --------------------------------------------------------------------------------------- transformer
+class TransformerBlock(nn.Module):
+    """Pre-LN block; with stride > 1 it downsamples (strided attention + max-pooled skip)."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        stride: int = 1,
+        window_size: int = -1,
+        proj_pdrop: float = 0.0,
+        path_pdrop: float = 0.0,
+        use_rel_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(n_embd)
+        self.ln2 = LayerNorm(n_embd)
+        if window_size > 1:
+            self.attn = LocalMaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop, use_rel_pe)
+        else:
+            self.attn = MaskedMHCA(n_embd, n_head, stride, proj_pdrop)
+        if stride > 1:
+            self.pool_skip = nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
+        else:
+            self.pool_skip = nn.Identity()
+        self.mlp = nn.Sequential(
+            nn.Conv1d(n_embd, 4 * n_embd, 1),
+            nn.GELU(),
+            nn.Dropout(proj_pdrop),
+            nn.Conv1d(4 * n_embd, n_embd, 1),
+            nn.Dropout(proj_pdrop),
+        )
+        if path_pdrop > 0.0:
+            self.drop_path_attn = AffineDropPath(n_embd, path_pdrop)
+            self.drop_path_mlp = AffineDropPath(n_embd, path_pdrop)
+        else:
+            self.drop_path_attn = nn.Identity()
+            self.drop_path_mlp = nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attn, out_mask = self.attn(self.ln1(x), mask)
+        keep = out_mask.to(attn.dtype)
+        out = self.pool_skip(x) * keep + self.drop_path_attn(attn)
+        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * keep)
+        return out, out_mask
+
+
+class ConvTransformerBackbone(nn.Module):
+    """Conv embedding, stride-1 stem blocks, then downsampling branch blocks (one pyramid level each).
+
+    Returns the stem output and every branch output: ``n_branch + 1`` levels with strides
+    ``scale_factor ** l``. A list ``input_dim`` with ``proj_dims`` projects each stream (1x1) first.
+    """
+
+    def __init__(
+        self,
+        input_dim: int | Sequence[int],
+        n_embd: int,
+        n_head: int,
+        embd_kernel_size: int,
+        max_len: int,
+        arch: tuple[int, int, int],
+        window_sizes: Sequence[int],
+        scale_factor: int = 2,
+        with_ln: bool = True,
+        proj_dims: Sequence[int] | None = None,
+        proj_pdrop: float = 0.0,
+        path_pdrop: float = 0.0,
+        use_abs_pe: bool = False,
+        use_rel_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        n_embd_layers, n_stem, n_branch = arch
+        self.max_len = max_len
+        self.stream_dims = list(input_dim) if isinstance(input_dim, Sequence) else [input_dim]
+        self.proj = None
+        in_channels = sum(self.stream_dims)
+        if proj_dims is not None:
+            self.proj = nn.ModuleList(
+                MaskedConv1D(c_in, c_out, 1) for c_in, c_out in zip(self.stream_dims, proj_dims)
+            )
+            in_channels = sum(proj_dims)
+        self.embd = nn.ModuleList()
+        self.embd_norm = nn.ModuleList()
+        for idx in range(n_embd_layers):
+            self.embd.append(
+                MaskedConv1D(in_channels if idx == 0 else n_embd, n_embd, embd_kernel_size, bias=not with_ln)
+            )
+            self.embd_norm.append(LayerNorm(n_embd) if with_ln else nn.Identity())
+        self.use_abs_pe = use_abs_pe
+        if use_abs_pe:
+            self.register_buffer(
+                "pos_embd", sinusoid_encoding(max_len, n_embd) / n_embd**0.5, persistent=False
+            )
+        block_args = dict(proj_pdrop=proj_pdrop, path_pdrop=path_pdrop, use_rel_pe=use_rel_pe)
+        self.stem = nn.ModuleList(
+            TransformerBlock(n_embd, n_head, 1, window_sizes[0], **block_args) for _ in range(n_stem)
+        )
+        self.branch = nn.ModuleList(
+            TransformerBlock(n_embd, n_head, scale_factor, window_sizes[1 + idx], **block_args)
+            for idx in range(n_branch)
+        )
+
+    def _position_encoding(self, length: int) -> torch.Tensor:
+        """The PE table for ``length`` steps; longer inputs at inference use a linearly stretched table."""
+        if self.training:
+            if length > self.max_len:
+                raise ValueError(f"training sequence length {length} exceeds max_seq_len={self.max_len}")
+            return self.pos_embd[..., :length]
+        if length >= self.max_len:
+            return F.interpolate(self.pos_embd, size=length, mode="linear", align_corners=False)
+        return self.pos_embd[..., :length]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.proj is not None:
+            streams = x.split(self.stream_dims, dim=1)
+            x = torch.cat([proj(s, mask)[0] for proj, s in zip(self.proj, streams)], dim=1)
+        for conv, norm in zip(self.embd, self.embd_norm):
+            x, mask = conv(x, mask)
+            x = F.relu(norm(x))
+        if self.use_abs_pe:
+            x = x + self._position_encoding(x.shape[-1]).to(x.dtype) * mask.to(x.dtype)
+        for block in self.stem:
+            x, mask = block(x, mask)
+        feats, masks = [x], [mask]
+        for block in self.branch:
+            x, mask = block(x, mask)
+            feats.append(x)
+            masks.append(mask)
+        return feats, masks
+
+
+# --------------------------------------------------------------------------------------- necks
+class IdentityNeck(nn.Module):
+    """Per-level LayerNorm on the backbone levels from ``start_level`` on."""
+
+    def __init__(self, channels: int, num_levels: int, start_level: int = 0, with_ln: bool = True) -> None:
+        super().__init__()
+        self.start_level = start_level
+        self.norms = nn.ModuleList(
+            LayerNorm(channels) if with_ln else nn.Identity() for _ in range(start_level, num_levels)
+        )
+
+    def forward(
+        self, feats: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats, masks = feats[self.start_level :], masks[self.start_level :]
+        return [norm(x) for norm, x in zip(self.norms, feats)], masks
+
+
+class FPNNeck(nn.Module):
+    """Feature pyramid: 1x1 laterals, top-down nearest upsampling, depthwise 3-tap conv, LayerNorm."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_levels: int,
+        scale_factor: int = 2,
+        start_level: int = 0,
+        with_ln: bool = True,
+    ) -> None:
+        super().__init__()
+        self.start_level = start_level
+        self.scale_factor = scale_factor
+        used = range(start_level, num_levels)
+        self.laterals = nn.ModuleList(
+            MaskedConv1D(in_channels, out_channels, 1, bias=not with_ln) for _ in used
+        )
+        self.convs = nn.ModuleList(
+            MaskedConv1D(out_channels, out_channels, 3, groups=out_channels, bias=not with_ln) for _ in used
+        )
+        self.norms = nn.ModuleList(LayerNorm(out_channels) if with_ln else nn.Identity() for _ in used)
+
+    def forward(
+        self, feats: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats, masks = feats[self.start_level :], masks[self.start_level :]
+        laterals = [lateral(x, m)[0] for lateral, x, m in zip(self.laterals, feats, masks)]
+        for idx in range(len(laterals) - 1, 0, -1):
+            upsampled = F.interpolate(laterals[idx], scale_factor=float(self.scale_factor), mode="nearest")
+            laterals[idx - 1] = laterals[idx - 1] + upsampled
+        outs = [norm(conv(x, m)[0]) for conv, norm, x, m in zip(self.convs, self.norms, laterals, masks)]
+        return outs, masks
+
+
+# --------------------------------------------------------------------------------------- points
+class PointGenerator(nn.Module):
+    """Candidate points per level: rows [t, r_min, r_max, stride] with t = 0, s, 2s, ... (grid units).
+
+    Tables cover ``max_len`` grid steps and are non-persistent buffers (rebuilt, never checkpointed).
+    """
+
+    def __init__(
+        self, max_len: float, strides: Sequence[int], regression_range: Sequence[Sequence[float]]
+    ) -> None:
+        super().__init__()
+        self.num_levels = len(strides)
+        for level, (stride, (r_min, r_max)) in enumerate(zip(strides, regression_range)):
+            t = torch.arange(0, max_len, stride, dtype=torch.float32)
+            table = torch.stack(
+                [t, torch.full_like(t, r_min), torch.full_like(t, r_max), torch.full_like(t, stride)], 1
+            )
+            self.register_buffer(f"points_{level}", table, persistent=False)
+
+    def forward(self, lengths: Sequence[int]) -> list[torch.Tensor]:
+        tables = [getattr(self, f"points_{level}") for level in range(self.num_levels)]
+        for level, (length, table) in enumerate(zip(lengths, tables)):
+            if length > table.shape[0]:
+                raise ValueError(
+                    f"level {level} has {length} steps but the point buffer holds {table.shape[0]}; "
+                    "raise max_buffer_len_factor"
+                )
+        return [table[:length] for length, table in zip(lengths, tables)]
+
+
+# --------------------------------------------------------------------------------------- heads
+class HeadTrunk(nn.Module):
+    """(num_layers - 1) x [MaskedConv1D -> LayerNorm -> ReLU], applied to each level separately."""
+
+    def __init__(self, in_dim: int, feat_dim: int, num_layers: int, kernel_size: int, with_ln: bool) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            MaskedConv1D(in_dim if idx == 0 else feat_dim, feat_dim, kernel_size, bias=not with_ln)
+            for idx in range(num_layers - 1)
+        )
+        self.norms = nn.ModuleList(LayerNorm(feat_dim) if with_ln else nn.Identity() for _ in self.convs)
+        self.out_dim = feat_dim if num_layers > 1 else in_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.relu(norm(conv(x, mask)[0]))
+        return x
+
+
+class ClsHead(nn.Module):
+    """Classification head shared by all levels; bias set to the prior (empty classes to ~0)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        feat_dim: int,
+        num_classes: int,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = True,
+        prior_prob: float = 0.01,
+        empty_cls: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.trunk = HeadTrunk(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.cls = MaskedConv1D(self.trunk.out_dim, num_classes, kernel_size)
+        with torch.no_grad():
+            self.cls.conv.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
+            for idx in empty_cls:
+                self.cls.conv.bias[idx] = -math.log((1 - EMPTY_CLASS_PRIOR) / EMPTY_CLASS_PRIOR)
+
+    def forward(self, feats: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.cls(self.trunk(x, m), m)[0] for x, m in zip(feats, masks)]
+
+
+class RegHead(nn.Module):
+    """Offset head shared by all levels: (o_left, o_right) = ReLU(Scale_l * conv(x)), in stride units."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        feat_dim: int,
+        num_levels: int,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = True,
+    ) -> None:
+        super().__init__()
+        self.trunk = HeadTrunk(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.offset = MaskedConv1D(self.trunk.out_dim, 2, kernel_size)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+
+    def forward(self, feats: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            F.relu(scale(self.offset(self.trunk(x, m), m)[0]))
+            for scale, x, m in zip(self.scales, feats, masks)
+        ]
+
+
+# --------------------------------------------------------------------------------------- model
+def _level_divisor(stride: int, window: int) -> int:
+    """What max_seq_len must divide by at a level: stride * (w // 2) * 2, or the stride (global attn)."""
+    return stride * (window // 2) * 2 if window > 1 else stride
+
+
+class ActionFormer(nn.Module):
+    """ActionFormer: conv-transformer backbone, neck, point generator, classification and offset heads.
+
+    Constructor keys mirror the released ``model`` config (with ``proj_dims`` holding the per-stream
+    projection sizes that the released code packs into a list ``embd_dim``), plus the ``train_cfg``
+    entries that shape the model (dropout, droppath, cls_prior_prob, head_empty_cls). Configuration
+    errors raise ``ValueError`` at construction.
+    """
+
+    def __init__(
+        self,
+        input_dim: int | Sequence[int],
+        num_classes: int,
+        max_seq_len: int,
+        backbone_arch: Sequence[int] = (2, 2, 5),
+        scale_factor: int = 2,
+        regression_range: Sequence[Sequence[float]] = DEFAULT_REGRESSION_RANGE,
+        n_head: int = 4,
+        n_mha_win_size: int | Sequence[int] = -1,
+        embd_kernel_size: int = 3,
+        embd_dim: int = 512,
+        embd_with_ln: bool = True,
+        proj_dims: Sequence[int] | None = None,
+        fpn_type: str = "identity",
+        fpn_dim: int = 512,
+        fpn_with_ln: bool = True,
+        fpn_start_level: int = 0,
+        head_dim: int = 512,
+        head_kernel_size: int = 3,
+        head_num_layers: int = 3,
+        head_with_ln: bool = True,
+        max_buffer_len_factor: float = 6.0,
+        use_abs_pe: bool = False,
+        use_rel_pe: bool = False,
+        dropout: float = 0.0,
+        droppath: float = 0.1,
+        cls_prior_prob: float = 0.01,
+        head_empty_cls: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.input_dim = int(input_dim) if isinstance(input_dim, int) else [int(d) for d in input_dim]
+        self.num_classes = int(num_classes)
+        self.max_seq_len = int(max_seq_len)
+        arch = tuple(int(a) for a in backbone_arch)
+        if len(arch) != 3:
+            raise ValueError(f"backbone_arch must be (n_embd, n_stem, n_branch), got {backbone_arch}")
+        if scale_factor < 1 or (scale_factor > 1 and scale_factor % 2 != 0):
+            raise ValueError(f"scale_factor must be 1 or an even integer, got {scale_factor}")
+        num_backbone_levels = arch[2] + 1
+        if not 0 <= fpn_start_level < num_backbone_levels:
+            raise ValueError(f"fpn_start_level={fpn_start_level} must lie in [0, {num_backbone_levels - 1}]")
+        self.backbone_strides = [scale_factor**level for level in range(num_backbone_levels)]
+        self.fpn_strides = self.backbone_strides[fpn_start_level:]
+        self.window_sizes = self._check_windows(n_mha_win_size, num_backbone_levels)
+        self._max_div_factor = max(
+            _level_divisor(s, w) for s, w in zip(self.backbone_strides, self.window_sizes)
+        )
+        ranges = self._check_ranges(regression_range)
+        proj_dims = None if proj_dims is None else [int(d) for d in proj_dims]
+        self._check_dims(embd_dim, n_head, proj_dims, fpn_type, fpn_dim)
+        empty_cls = [int(c) for c in head_empty_cls]
+        self._check_head(head_num_layers, cls_prior_prob, empty_cls)
+
+        self.backbone = ConvTransformerBackbone(
+            self.input_dim,
+            embd_dim,
+            n_head,
+            embd_kernel_size,
+            self.max_seq_len,
+            arch,
+            self.window_sizes,
+            scale_factor=scale_factor,
+            with_ln=embd_with_ln,
+            proj_dims=proj_dims,
+            proj_pdrop=dropout,
+            path_pdrop=droppath,
+            use_abs_pe=use_abs_pe,
+            use_rel_pe=use_rel_pe,
+        )
+        if fpn_type == "identity":
+            self.neck = IdentityNeck(embd_dim, num_backbone_levels, fpn_start_level, fpn_with_ln)
+        else:
+            self.neck = FPNNeck(
+                embd_dim, fpn_dim, num_backbone_levels, scale_factor, fpn_start_level, fpn_with_ln
+            )
+        buffer_len = self.max_seq_len * max_buffer_len_factor
+        self.point_generator = PointGenerator(buffer_len, self.fpn_strides, ranges)
+        self._zero_conv_biases()
+        num_levels = len(self.fpn_strides)
+        head_args = dict(num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln)
+        self.cls_head = ClsHead(
+            fpn_dim, head_dim, self.num_classes, **head_args, prior_prob=cls_prior_prob, empty_cls=empty_cls
+        )
+        self.reg_head = RegHead(fpn_dim, head_dim, num_levels, **head_args)
+
+    # ------------------------------------------------------------------ configuration checks
+    def _check_windows(self, n_mha_win_size: int | Sequence[int], num_levels: int) -> list[int]:
+        """Per-level window sizes (odd, or <= 1 for global attention) that max_seq_len is compatible with."""
+        if isinstance(n_mha_win_size, int):
+            windows = [n_mha_win_size] * num_levels
+        else:
+            windows = [int(w) for w in n_mha_win_size]
+        if len(windows) != num_levels:
+            raise ValueError(
+                f"n_mha_win_size lists {len(windows)} window sizes but the backbone has {num_levels} "
+                "levels (backbone_arch[2] + 1)"
+            )
+        for level, w in enumerate(windows):
+            if w > 1 and w % 2 != 1:
+                raise ValueError(f"n_mha_win_size at level {level} is {w}; windows must be odd (or <= 1)")
+        divisors = [_level_divisor(s, w) for s, w in zip(self.backbone_strides, windows)]
+        for level, (s, w, d) in enumerate(zip(self.backbone_strides, windows, divisors)):
+            if self.max_seq_len % d != 0:
+                raise ValueError(
+                    f"max_seq_len={self.max_seq_len} must be divisible by {d} at pyramid level {level} "
+                    f"(stride {s}, window {w}: stride * (w // 2) * 2); use a multiple of "
+                    f"{math.lcm(*divisors)} or change n_mha_win_size / backbone_arch"
+                )
+        return windows
+
+    def _check_ranges(self, regression_range: Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
+        """One [r_min, r_max] per output level, with r_min < r_max."""
+        ranges = [tuple(float(v) for v in r) for r in regression_range]
+        if len(ranges) != len(self.fpn_strides):
+            raise ValueError(
+                f"regression_range has {len(ranges)} entries but the model has {len(self.fpn_strides)} "
+                "pyramid levels (backbone_arch[2] + 1 - fpn_start_level)"
+            )
+        for level, r in enumerate(ranges):
+            if len(r) != 2 or not r[0] < r[1]:
+                raise ValueError(f"regression_range[{level}]={list(r)} must be [r_min, r_max], r_min < r_max")
+        return ranges
+
+    def _check_dims(
+        self, embd_dim: int, n_head: int, proj_dims: list[int] | None, fpn_type: str, fpn_dim: int
+    ) -> None:
+        if embd_dim % n_head != 0:
+            raise ValueError(f"embd_dim={embd_dim} must be divisible by n_head={n_head}")
+        if proj_dims is not None and (
+            isinstance(self.input_dim, int) or len(proj_dims) != len(self.input_dim)
+        ):
+            raise ValueError(
+                f"proj_dims={proj_dims} needs a list input_dim with one entry per stream, "
+                f"got input_dim={self.input_dim}"
+            )
+        if fpn_type not in FPN_TYPES:
+            raise ValueError(f"fpn_type must be one of {FPN_TYPES}, got {fpn_type!r}")
+        if fpn_type == "identity" and embd_dim != fpn_dim:
+            raise ValueError(f"the identity neck needs embd_dim == fpn_dim, got {embd_dim} and {fpn_dim}")
+
+    def _check_head(self, head_num_layers: int, cls_prior_prob: float, empty_cls: list[int]) -> None:
+        if head_num_layers < 1:
+            raise ValueError(f"head_num_layers must be >= 1, got {head_num_layers}")
+        if not 0.0 < cls_prior_prob < 1.0:
+            raise ValueError(f"cls_prior_prob must lie in (0, 1), got {cls_prior_prob}")
+        bad = [c for c in empty_cls if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"head_empty_cls has ids outside [0, {self.num_classes}): {bad}")
+
+    def _zero_conv_biases(self) -> None:
+        """Released initialisation: every conv / linear bias of backbone and neck starts at zero."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.Linear)) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def max_div_factor(self) -> int:
+        """Inference inputs longer than max_seq_len are padded to a multiple of this."""
+        return self._max_div_factor
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_dim if isinstance(self.input_dim, int) else sum(self.input_dim)
+
+    def forward(self, feats: torch.Tensor, masks: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """feats (B, C, T), masks (B, T) bool -> per-level cls_logits, offsets, masks and points."""
+        if feats.dim() != 3 or masks.shape != (feats.shape[0], feats.shape[2]):
+            raise ValueError(
+                f"expected feats (B, C, T) and masks (B, T), got {tuple(feats.shape)}, {tuple(masks.shape)}"
+            )
+        if feats.shape[1] != self.in_channels:
+            raise ValueError(
+                f"features have {feats.shape[1]} channels but the model expects {self.in_channels} "
+                f"(input_dim={self.input_dim})"
+            )
+        if feats.shape[2] % self.max_div_factor != 0:
+            raise ValueError(
+                f"sequence length {feats.shape[2]} is not a multiple of max_div_factor="
+                f"{self.max_div_factor}; pad the batch (see docs/localization_contract.md)"
+            )
+        level_feats, level_masks = self.backbone(feats, masks.bool()[:, None, :])
+        level_feats, level_masks = self.neck(level_feats, level_masks)
+        points = self.point_generator([x.shape[-1] for x in level_feats])
+        cls_logits = self.cls_head(level_feats, level_masks)
+        offsets = self.reg_head(level_feats, level_masks)
+        return {
+            "cls_logits": [x.transpose(1, 2) for x in cls_logits],
+            "offsets": [x.transpose(1, 2) for x in offsets],
+            "masks": [m[:, 0] for m in level_masks],
+            "points": points,
+        }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer groups as released: decay only the weights of Linear / Conv1d (incl. MaskedConv1D).
+
+    Biases, norms, Scale and AffineDropPath scales, and relative position biases are not decayed.
+    """
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if name == "weight" and isinstance(module, (nn.Linear, nn.Conv1d)):
+                decay.append(param)
+            else:
+                no_decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
