@@ -65,3 +65,12 @@ def test_preemption_signal_saves_last_checkpoint_and_calls_previous_handler(tmp_
     checkpoint = torch.load(path, weights_only=False)
     assert checkpoint["global_step"] == 4
     assert not path.with_name("last.ckpt.tmp").exists()
+
+
+def test_rng_state_survives_a_weights_only_load(tmp_path):
+    torch.save({"callbacks": RNGStateCheckpoint().state_dict()}, tmp_path / "x.ckpt")
+    state = torch.load(tmp_path / "x.ckpt", weights_only=True)["callbacks"]
+    expected = np.random.rand(2)
+    np.random.seed(5)
+    RNGStateCheckpoint().load_state_dict(state)
+    assert np.array_equal(np.random.rand(2), expected)  # back to the state before `expected` was drawn

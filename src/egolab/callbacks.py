@@ -17,13 +17,15 @@ class RNGStateCheckpoint(L.Callback):
     """Store the Python, NumPy and torch RNG states in checkpoints and restore them on resume.
 
     Lightning restores model, optimizer, schedulers and loops but not the global RNGs, so shuffling,
-    random crops and dropout after a resume would differ from an uninterrupted run.
+    random crops and dropout after a resume would differ from an uninterrupted run. The states are
+    stored as tensors and plain Python values so that `torch.load(weights_only=True)` accepts them.
     """
 
     def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         state = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -32,7 +34,8 @@ class RNGStateCheckpoint(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
-        np.random.set_state(state_dict["numpy"])
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])

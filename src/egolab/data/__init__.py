@@ -1,0 +1,1 @@
+"""Datasets, collation and Lightning data modules (feature readers, localization data, demo data)."""
