@@ -11,6 +11,23 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that writes to a temporary file and renames it into place.
+
+    A run killed while saving keeps its previous checkpoint intact instead of a truncated file.
+    egolab uses two: `last.ckpt` every epoch (monitor None, save_top_k 1, filename "last"), what a
+    relaunch resumes from and `-t` tests, and `best.ckpt` by the task's validation metric.
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_checkpoint_saved = filepath
 
 
 class RNGStateCheckpoint(L.Callback):

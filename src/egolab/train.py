@@ -59,9 +59,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     trainer = instantiate(
         cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=_instantiate_all(cfg.get("logger")) or False,
         default_root_dir=str(run_dir),
         plugins=_plugins(),
@@ -78,7 +81,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
         if trainer.interrupted:
             raise SystemExit("training was interrupted; relaunch the same command to resume")
-        test_ckpt = None if trainer.fast_dev_run else cfg.test_ckpt
+        last = last_checkpoint(run_dir)
+        if trainer.fast_dev_run:
+            test_ckpt = None
+        elif cfg.test_ckpt == "last":
+            test_ckpt = str(last) if last else None
+        else:
+            test_ckpt = cfg.test_ckpt
     results = trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:

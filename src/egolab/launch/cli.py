@@ -112,7 +112,7 @@ def plan(args: argparse.Namespace) -> Plan:
         cmd += [
             f"hydra.sweep.dir={exp_dir}",
             "hydra.sweep.subdir=${hydra.job.num}",
-            "run_index=${hydra.job.num}",
+            "run_index=${hydra:job.num}",
         ]
         if args.run_id is not None:
             cmd = [*python, "-m", *combos[args.run_id], *common, f"hydra/launcher={launcher}"]
