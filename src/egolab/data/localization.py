@@ -254,6 +254,8 @@ class ActivityNetFeatureDataset(Dataset):
         )
         self.class_agnostic = self.num_classes == 1 and len(self.label_names) > 1
         self.videos, self.skipped = self._load_videos(database)
+        if self.videos and self.input_dim is not None:
+            self._read_features(self.videos[0])  # a wrong feature dim fails at start-up, not mid-epoch
 
     # ------------------------------------------------------------------------------------------ loading
     def _read_json(self) -> dict:

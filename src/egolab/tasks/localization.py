@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,7 +58,7 @@ class LocalizationTask(L.LightningModule):
         datamodule.max_seq_len = self.model.max_seq_len
         dataset = datamodule.test_dataset if stage == "test" else datamodule.val_dataset
         if dataset is not None:
-            self.label_names = list(dataset.label_names)
+            self.label_names = ["proposal"] if dataset.class_agnostic else list(dataset.label_names)
 
     def configure_optimizers(self) -> dict:
         from egolab.models.actionformer import param_groups
@@ -130,7 +131,12 @@ class LocalizationTask(L.LightningModule):
             preds = [p for rank_preds in gathered for p in rank_preds]
         unique = {p["video_id"]: p for p in preds}
         preds = [unique[k] for k in sorted(unique)]
-        ground_truth = {g["video_id"]: g for g in dataset.ground_truth()}
+        truth = dataset.ground_truth()
+        if dataset.class_agnostic:
+            # The ActivityNet recipe trains class-agnostic proposals (num_classes=1); they are scored as
+            # proposals here. The reported numbers also need external video-level classes (not fused).
+            truth = [dict(g, labels=np.zeros(len(g["labels"]), np.int64)) for g in truth]
+        ground_truth = {g["video_id"]: g for g in truth}
         self.metric.reset()
         self.metric.update(preds, [ground_truth[p["video_id"]] for p in preds])
         results = self.metric.compute()

@@ -1,0 +1,79 @@
+"""LocalizationTask: the LR schedule, the EMA update and evaluation against the dataset's ground truth."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from egolab.metrics.localization import DetectionMAP
+from egolab.tasks.localization import LocalizationTask
+
+
+class _Linear(nn.Module):
+    max_div_factor, max_seq_len = 1, 8
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+        self.register_buffer("count", torch.tensor(0))
+
+
+def make_task(**kwargs):
+    return LocalizationTask(
+        model=_Linear(),
+        criterion=nn.Identity(),
+        postprocess=lambda outputs, batch: [],
+        metric=DetectionMAP(tiou_thresholds=[0.5]),
+        optimizer=lambda groups: torch.optim.SGD(groups, lr=1.0),
+        **kwargs,
+    )
+
+
+def test_warmup_then_cosine_per_step():
+    task = make_task(warmup_epochs=1, eta_min=0.0, weight_decay=0.0)
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+    config = task.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # 5 warmup steps from 0, then a half cosine over the 5 remaining: 1, cos terms, ...
+    np.testing.assert_allclose(lrs[:6], [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-9)
+    np.testing.assert_allclose(lrs[6:], [0.5 * (1 + np.cos(np.pi * k / 5)) for k in range(1, 5)], atol=1e-9)
+
+
+def test_ema_update_of_weights_and_buffers():
+    task = make_task(ema_decay=0.9)
+    with torch.no_grad():
+        task.model.layer.weight.fill_(1.0)
+        task.ema_model.layer.weight.fill_(0.0)
+        task.model.count.fill_(7)
+    task.on_train_batch_end(None, None, 0)
+    torch.testing.assert_close(task.ema_model.layer.weight, torch.full((2, 2), 0.1))
+    assert int(task.ema_model.count) == 7  # integer buffers are copied
+
+
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_evaluate_uses_ground_truth_and_scores_class_agnostic_proposals(class_agnostic):
+    task = make_task()
+    truth = [{"video_id": "v", "segments": np.array([[1.0, 3.0]]), "labels": np.array([4])}]
+    dataset = SimpleNamespace(ground_truth=lambda: truth, class_agnostic=class_agnostic)
+    task._trainer = SimpleNamespace(world_size=1)
+    logged = {}
+    task.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    pred_label = 0 if class_agnostic else 4
+    pred = {
+        "video_id": "v",
+        "segments": np.array([[1.0, 3.0]]),
+        "scores": np.array([0.9]),
+        "labels": np.array([pred_label]),
+    }
+    task._eval_preds = [pred, dict(pred)]  # the same video twice (DistributedSampler padding)
+    preds = task._evaluate("val", dataset)
+    assert len(preds) == 1
+    assert logged["val/average_mAP"] == pytest.approx(1.0)
