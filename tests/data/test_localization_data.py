@@ -431,8 +431,7 @@ def test_data_module_built_datasets_and_reproducible_workers(tmp_path):
 
 @pytest.fixture(scope="module")
 def thumos(tmp_path_factory):
-    if not THUMOS_JSON.is_file():
-        pytest.skip(f"real THUMOS14 json not found at {THUMOS_JSON} (shared test data absent)")
+    assert THUMOS_JSON.is_file(), f"real THUMOS14 json not found at {THUMOS_JSON} (shared/ beside the repo)"
     database = json.loads(THUMOS_JSON.read_text())["database"]
     root = tmp_path_factory.mktemp("thumos")
     for vid, entry in database.items():

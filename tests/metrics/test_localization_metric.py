@@ -27,7 +27,7 @@ from egolab.metrics.localization import (
     topkx_recall_detection,
 )
 
-ANET_DIR = Path("/work/shared/data/activitynet")
+ANET_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "activitynet"  # shared/ beside the repo
 
 
 # ----------------------------------------------------------------------------------------------------
