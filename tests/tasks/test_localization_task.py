@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from egolab.metrics.localization import DetectionMAP
+from egolab.paths import CONF_DIR
 from egolab.tasks.localization import LocalizationTask
 
 
@@ -77,3 +78,30 @@ def test_evaluate_uses_ground_truth_and_scores_class_agnostic_proposals(class_ag
     preds = task._evaluate("val", dataset)
     assert len(preds) == 1
     assert logged["val/average_mAP"] == pytest.approx(1.0)
+
+
+def test_classes_without_training_annotations_get_the_empty_bias():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / "actionformer" / "base.yaml")
+    model = instantiate(
+        cfg,
+        input_dim=8,
+        num_classes=4,
+        max_seq_len=64,
+        n_mha_win_size=3,
+        embd_dim=16,
+        fpn_dim=16,
+        head_dim=16,
+    )
+    task = LocalizationTask(model, nn.Identity(), lambda o, b: [], DetectionMAP(), torch.optim.SGD)
+    dataset = SimpleNamespace(empty_label_ids=[2], label_names=["a", "b", "c", "d"], class_agnostic=False)
+    datamodule = SimpleNamespace(train_dataset=dataset, val_dataset=dataset, test_dataset=None)
+    task._trainer = SimpleNamespace(datamodule=datamodule)
+    task.setup("fit")
+    for net in (task.model, task.ema_model):
+        bias = net.cls_head.cls.conv.bias
+        assert bias[2].item() == pytest.approx(-np.log((1 - 1e-6) / 1e-6))
+        assert bias[0].item() == pytest.approx(-np.log(0.99 / 0.01))
+    assert datamodule.max_div_factor == model.max_div_factor

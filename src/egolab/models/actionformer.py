@@ -500,8 +500,13 @@ class ClsHead(nn.Module):
         self.cls = MaskedConv1D(self.trunk.out_dim, num_classes, kernel_size)
         with torch.no_grad():
             self.cls.conv.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
-            for idx in empty_cls:
-                self.cls.conv.bias[idx] = -math.log((1 - EMPTY_CLASS_PRIOR) / EMPTY_CLASS_PRIOR)
+        self.mark_empty_classes(empty_cls)
+
+    def mark_empty_classes(self, class_ids: Sequence[int]) -> None:
+        """Give classes without training annotations a bias for probability ~1e-6, as released."""
+        with torch.no_grad():
+            for idx in class_ids:
+                self.cls.conv.bias[int(idx)] = -math.log((1 - EMPTY_CLASS_PRIOR) / EMPTY_CLASS_PRIOR)
 
     def forward(self, feats: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.cls(self.trunk(x, m), m)[0] for x, m in zip(feats, masks)]

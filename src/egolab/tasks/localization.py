@@ -56,6 +56,11 @@ class LocalizationTask(L.LightningModule):
         datamodule = self.trainer.datamodule
         datamodule.max_div_factor = self.model.max_div_factor
         datamodule.max_seq_len = self.model.max_seq_len
+        train = datamodule.train_dataset if stage == "fit" else None
+        empty = list(getattr(train, "empty_label_ids", None) or [])
+        if empty:  # EPIC: class ids with no training annotation (a checkpoint restored later wins)
+            self.model.cls_head.mark_empty_classes(empty)
+            self.ema_model.cls_head.mark_empty_classes(empty)
         dataset = datamodule.test_dataset if stage == "test" else datamodule.val_dataset
         if dataset is not None:
             self.label_names = ["proposal"] if dataset.class_agnostic else list(dataset.label_names)
