@@ -30,15 +30,6 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run fastest on one thread, and busy hosts do not oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _lengths_to_mask(lengths: list[int], total: int) -> torch.Tensor:
     return torch.arange(total)[None] < torch.tensor(lengths)[:, None]
 

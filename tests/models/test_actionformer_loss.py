@@ -10,15 +10,6 @@ from egolab.models.actionformer_loss import ActionFormerLoss, ctr_diou_loss_1d, 
 from egolab.models.actionformer_targets import assign_labels, assign_labels_batch
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run fastest on one thread, and busy hosts do not oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _points(times, stride, r_min=0.0, r_max=1000.0):
     t = torch.as_tensor(times, dtype=torch.float32)
     return torch.stack(
