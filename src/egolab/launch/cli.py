@@ -108,19 +108,13 @@ def plan(args: argparse.Namespace) -> Plan:
     python = [sys.executable, "-m", "egolab.train"]
 
     if cluster:
-        cmd = [*python, "-m", *[line.text for line in lines], *common, f"hydra/launcher={launcher}"]
-        cmd += [
-            f"hydra.sweep.dir={exp_dir}",
-            "hydra.sweep.subdir=${hydra.job.num}",
-            "run_index=${hydra:job.num}",
-        ]
-        if args.run_id is not None:
-            cmd = [*python, "-m", *combos[args.run_id], *common, f"hydra/launcher={launcher}"]
-            cmd += [
-                f"hydra.sweep.dir={exp_dir}",
-                f"hydra.sweep.subdir={args.run_id}",
-                f"run_index={args.run_id}",
-            ]
+        if args.run_id is None:
+            overrides = [line.text for line in lines]
+            subdir, index = "${hydra.job.num}", "${hydra:job.num}"
+        else:
+            overrides, subdir, index = combos[args.run_id], str(args.run_id), str(args.run_id)
+        cmd = [*python, "-m", *overrides, *common, f"hydra/launcher={launcher}"]
+        cmd += [f"hydra.sweep.dir={exp_dir}", f"hydra.sweep.subdir={subdir}", f"run_index={index}"]
         if args.partition:
             cmd.append(f"hydra.launcher.partition={args.partition}")
         cmd += _launcher_overrides(args)
