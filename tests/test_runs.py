@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from egolab.metrics.localization import score_predictions_file
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "expts/demo/localization.txt"
 SHORT = ["trainer.max_epochs=4", "task.warmup_epochs=1", "logger=csv", "data.num_workers=0"]
@@ -58,6 +60,8 @@ def test_demo_learns_and_writes_its_run_dir(egolab_env):
     assert len(predictions["results"]) == 32
     segment = next(iter(predictions["results"].values()))[0]
     assert set(segment) >= {"segment", "score", "label", "label_id"}
+    rescored = score_predictions_file(run_dir / "predictions.json")  # what late fusion relies on
+    assert {f"test/{k}": v for k, v in rescored.items()} == pytest.approx(metrics, abs=1e-6)
 
     tested = launch(["-c", DEMO, "-t"], egolab_env)
     assert "test metrics" in tested.stdout

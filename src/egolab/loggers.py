@@ -31,6 +31,7 @@ def wandb_logger(
     """A WandbLogger whose run id lives in the run dir, so a relaunched or requeued run continues it.
 
     `mode=None` means: `$WANDB_MODE` if set, else online when a key is configured, else offline.
+    Under a W&B sweep agent, the run takes the id the agent assigned (`$WANDB_RUN_ID`).
     """
     from lightning.pytorch.loggers import WandbLogger
 
@@ -40,7 +41,7 @@ def wandb_logger(
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
-        run_id = uuid.uuid4().hex[:12]
+        run_id = os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12]
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")

@@ -70,6 +70,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         plugins=_plugins(),
     )
 
+    for logger in trainer.loggers:  # the seed and the whole setting as W&B config / hparams
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
     last = last_checkpoint(run_dir)
     if cfg.test_only:
         if last is None:

@@ -83,3 +83,29 @@ def test_experiment_name():
     from pathlib import Path
 
     assert experiment_name(Path("expts/demo/localization.txt")) == "demo/localization"
+
+
+def test_a_value_of_a_swept_key_selects_that_run(expt, tmp_path):
+    """`seed=1` with `--seeds 0 1 2` runs only the seed-1 run, in its own run dir (index 1)."""
+    expt.write_text(BASE + "task.optimizer.lr=1e-3,1e-4\n")
+    out = ["--outputs", str(tmp_path / "OUT")]
+    result = make_plan(
+        "-c", "expts/x.txt", "-l", "--seeds", "0", "1", "2", *out, "seed=1", "trainer.max_epochs=2"
+    )
+    assert len(result.commands) == 2  # both learning rates, seed 1 only
+    assert [d.name for d in result.run_dirs] == ["1", "4"]
+    for cmd in result.commands:
+        assert "seed=1" in cmd and "trainer.max_epochs=2" in cmd
+    # a W&B agent writes values its own way: 0.0001 selects the `1e-4` combination
+    (only,) = make_plan(
+        "-c", "expts/x.txt", "--seeds", "0", "1", "2", *out, "seed=2", "task.optimizer.lr=0.0001"
+    ).run_dirs
+    assert only.name == "5"
+    (cluster,) = make_plan(
+        "-c", "expts/x.txt", "-p", "gpu", "--seeds", "0", "1", "2", *out, "seed=2", "task.optimizer.lr=0.0001"
+    ).commands
+    assert "-m" in cluster and "hydra.sweep.subdir=5" in cluster and "run_index=5" in cluster
+    with pytest.raises(ExperimentFileError, match="no combination of the sweep has seed=7"):
+        make_plan("-c", "expts/x.txt", "--seeds", "0", "1", *out, "seed=7")
+    with pytest.raises(ExperimentFileError, match="select one combination"):
+        make_plan("-c", "expts/x.txt", "-p", "gpu", "--seeds", "0", "1", *out, "seed=1")

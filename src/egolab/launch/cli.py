@@ -10,8 +10,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from egolab.launch.runs import experiment_dir, last_checkpoint, run_dir
-from egolab.launch.txtfile import ExperimentFileError, OverrideLine, expand_sweep, read_experiment
+from egolab.launch.runs import experiment_dir, last_checkpoint, outputs_root, run_dir
+from egolab.launch.txtfile import (
+    ExperimentFileError,
+    OverrideLine,
+    expand_sweep,
+    parse_overrides,
+    read_experiment,
+)
 
 CLUSTER_ONLY_PREFIXES = ("hydra.launcher.", "+hydra.launcher.", "hydra/launcher=")
 
@@ -24,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python launch.py -c expts/demo/localization.txt -l\n"
         "  python launch.py -c expts/demo/localization.txt -g trainer.max_epochs=1\n"
         "  python launch.py -c expts/localization/thumos_i3d.txt -p gpu --gpus 4 --timeout-min 600\n"
-        "  python launch.py -c expts/demo/localization.txt --seeds 0 1 2",
+        "  python launch.py -c expts/demo/localization.txt --seeds 0 1 2\n"
+        "  python launch.py -c expts/demo/localization.txt --seeds 0 1 2 seed=1   # only the seed-1 run\n"
+        "  python launch.py -c expts/demo/localization.txt --seeds 0 1 2 --wandb-sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-c", "--cfg", required=True, help="experiment TXT file (e.g. expts/demo/x.txt)")
@@ -35,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--cluster", action="store_true", help="submit to SLURM with the default partition")
     mode.add_argument(
         "--submitit-local", action="store_true", help="run through submitit's local executor (as SLURM would)"
+    )
+    mode.add_argument(
+        "--wandb-sweep",
+        action="store_true",
+        help="write OUTPUTS/<txt>/sweep.yaml (a W&B grid over the sweep values); register it with a "
+        "W&B key, else run it here through the offline `sweeps` engine",
     )
     parser.add_argument("-t", "--test", action="store_true", help="test the run's last checkpoint")
     parser.add_argument("--run-id", type=int, help="run only this combination of a sweep")
@@ -78,10 +92,7 @@ def _launcher_overrides(args: argparse.Namespace) -> list[str]:
 def plan(args: argparse.Namespace) -> Plan:
     """Turn the parsed command line into the training commands to run."""
     txt = Path(args.cfg)
-    lines = read_experiment(txt)
-    extra = [OverrideLine(text, "command line", 0) for text in args.overrides]
-    if args.seeds:
-        extra.append(OverrideLine("seed=" + ",".join(str(s) for s in args.seeds), "--seeds", 0))
+    lines, extra, selectors = experiment_lines(args)
     lines = lines + extra
     cluster = bool(args.partition or args.cluster or args.submitit_local)
     if not cluster:
@@ -90,10 +101,15 @@ def plan(args: argparse.Namespace) -> Plan:
             print(f"launch: ignoring {len(dropped)} SLURM-only override(s) for a local run", file=sys.stderr)
         lines = [line for line in lines if not _is_cluster_only(line.text)]
     combos = expand_sweep(lines)
-    indices = list(range(len(combos)))
+    indices = [i for i, combo in enumerate(combos) if _matches(combo, selectors)]
+    if not indices:
+        chosen = " ".join(f"{key}={value}" for key, value in selectors.items())
+        raise ExperimentFileError(f"{txt}: no combination of the sweep has {chosen}")
     if args.run_id is not None:
         if not 0 <= args.run_id < len(combos):
             raise ExperimentFileError(f"{txt}: --run-id {args.run_id} out of range (sweep has {len(combos)})")
+        if args.run_id not in indices:
+            raise ExperimentFileError(f"{txt}: --run-id {args.run_id} does not match the selected values")
         indices = [args.run_id]
     launcher = "submitit_local" if args.submitit_local else "slurm"
     validate_composition(
@@ -108,11 +124,13 @@ def plan(args: argparse.Namespace) -> Plan:
     python = [sys.executable, "-m", "egolab.train"]
 
     if cluster:
-        if args.run_id is None:
+        if len(indices) == len(combos):
             overrides = [line.text for line in lines]
             subdir, index = "${hydra.job.num}", "${hydra:job.num}"
+        elif len(indices) == 1:
+            overrides, subdir, index = combos[indices[0]], str(indices[0]), str(indices[0])
         else:
-            overrides, subdir, index = combos[args.run_id], str(args.run_id), str(args.run_id)
+            raise ExperimentFileError(f"{txt}: on SLURM, select one combination of the sweep or all of them")
         cmd = [*python, "-m", *overrides, *common, f"hydra/launcher={launcher}"]
         cmd += [f"hydra.sweep.dir={exp_dir}", f"hydra.sweep.subdir={subdir}", f"run_index={index}"]
         if args.partition:
@@ -131,6 +149,48 @@ def plan(args: argparse.Namespace) -> Plan:
         commands.append(cmd)
         dirs.append(directory)
     return Plan(commands, dirs)
+
+
+def experiment_lines(
+    args: argparse.Namespace,
+) -> tuple[list[OverrideLine], list[OverrideLine], dict[str, object]]:
+    """The file's lines plus `--seeds`, the plain command-line overrides, and the selectors."""
+    lines = read_experiment(args.cfg)
+    if args.seeds:
+        lines = lines + [OverrideLine("seed=" + ",".join(str(s) for s in args.seeds), "--seeds", 0)]
+    extra, selectors = split_selectors(lines, [OverrideLine(t, "command line", 0) for t in args.overrides])
+    return lines, extra, selectors
+
+
+def split_selectors(
+    lines: list[OverrideLine], extra: list[OverrideLine]
+) -> tuple[list[OverrideLine], dict[str, object]]:
+    """Split command-line overrides into plain ones and selectors.
+
+    An override giving one value to a key that the experiment sweeps (`seed=1` with `--seeds 0 1 2`)
+    selects the matching runs, which keep their sweep index and run dir, instead of overriding them all.
+    """
+    swept = {o.key_or_group for o in parse_overrides(lines) if o.is_sweep_override()}
+    plain, selectors = [], {}
+    for line, override in zip(extra, parse_overrides(extra), strict=True):
+        if override.key_or_group in swept and not override.is_sweep_override():
+            selectors[override.key_or_group] = override.value()
+        else:
+            plain.append(line)
+    return plain, selectors
+
+
+def _matches(combo: list[str], selectors: dict[str, object]) -> bool:
+    if not selectors:
+        return True
+    parsed = parse_overrides([OverrideLine(text, "sweep", 0) for text in combo])
+    values = {override.key_or_group: override.value() for override in parsed}
+    return all(key in values and _same(values[key], value) for key, value in selectors.items())
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as values (`1e-3` and `0.001`), or as text (`1` and `'1'` from a W&B agent)."""
+    return a == b or str(a) == str(b)
 
 
 def validate_composition(lines: list[OverrideLine], combos: list[list[str]]) -> None:
@@ -192,8 +252,77 @@ def summarize(dirs: list[Path]) -> None:
     Console().print(table)
 
 
+def wandb_sweep(args: argparse.Namespace) -> int:
+    """Write the W&B sweep yaml of the experiment; register it, or run it here offline."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from egolab.launch import wandb_sweep as ws
+    from egolab.loggers import wandb_has_key
+    from egolab.paths import CONF_DIR
+
+    plan(args)  # validates the file, the overrides and every combination's composition
+    txt = Path(args.cfg)
+    lines, passthrough, selectors = experiment_lines(args)
+    if selectors:
+        raise ExperimentFileError(f"{txt}: --wandb-sweep runs the whole sweep; drop {sorted(selectors)}")
+    overrides = [line.text for line in lines + passthrough if not _is_cluster_only(line.text)]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=expand_sweep([OverrideLine(o, "", 0) for o in overrides])[0])
+    project = OmegaConf.select(cfg, "logger.wandb.project", default="egolab")
+    config = ws.sweep_config(
+        str(txt),
+        lines,
+        [line.text for line in passthrough],
+        args.seeds,
+        args.outputs,
+        metric=cfg.monitor.replace("val/", "test/"),
+        goal="maximize" if cfg.monitor_mode == "max" else "minimize",
+        project=project,
+        name=experiment_name(txt),
+    )
+    ws.validate(config)
+    exp_dir = experiment_dir(txt, args.outputs)
+    path = ws.write_yaml(config, exp_dir / ws.SWEEP_FILE)
+    print(f"launch: wrote {path}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    if wandb_has_key() and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled"):
+        sweep_id = ws.register(config)
+        print(f"launch: registered sweep {sweep_id}; start agents here with: wandb agent {sweep_id}")
+        return 0
+
+    def run_dir_of(values: dict) -> Path:
+        chosen = [*args.overrides, *(f"{key}={value}" for key, value in values.items())]
+        argv = ["-c", str(txt), "-l", "--outputs", str(outputs_root(args.outputs)), *chosen]
+        if args.seeds:
+            argv += ["--seeds", *(str(s) for s in args.seeds)]
+        return plan(build_parser().parse_args(argv)).run_dirs[0]
+
+    runs = ws.run_offline(config, run_dir_of)
+    failed = [run for run in runs if run.state.name != "finished"]
+    print(f"launch: sweep finished: {len(runs) - len(failed)} of {len(runs)} runs succeeded", file=sys.stderr)
+    summarize_seeds(exp_dir)
+    return 1 if failed else 0
+
+
+def summarize_seeds(exp_dir: Path) -> None:
+    """Print mean ± std over seeds of the finished runs under an experiment dir."""
+    from egolab.results import print_summary, seed_summary
+
+    summary = seed_summary(exp_dir)
+    if len(summary):
+        print_summary(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.wandb_sweep:
+        try:
+            return wandb_sweep(args)
+        except ExperimentFileError as err:
+            print(f"launch: error: {err}", file=sys.stderr)
+            return 2
     try:
         launch_plan = plan(args)
     except ExperimentFileError as err:
@@ -209,4 +338,6 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if not args.dry_run:
         summarize(launch_plan.run_dirs)
+        if args.seeds and len(launch_plan.run_dirs) > 1:
+            summarize_seeds(experiment_dir(args.cfg, args.outputs))
     return 0

@@ -36,6 +36,7 @@ import sys
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -429,6 +430,18 @@ def _float_bits(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
 
 
+def result_values(res: DetectionResult, tiou_thresholds: Any) -> dict[str, float]:
+    """Flat metric names: ``mAP@{t}``, ``average_mAP``, ``recall@{k}x@{t}``, ``average_recall@{k}x``."""
+    keys = threshold_keys(tiou_thresholds)
+    values: dict[str, float] = {f"mAP@{key}": m for key, m in zip(keys, res.mAP.tolist(), strict=True)}
+    values["average_mAP"] = res.average_mAP
+    for ki, k in enumerate(res.top_k):
+        for key, r in zip(keys, res.mean_recall[:, ki].tolist(), strict=True):
+            values[f"recall@{k}x@{key}"] = r
+        values[f"average_recall@{k}x"] = float(res.mean_recall[:, ki].mean())
+    return values
+
+
 class DetectionMAP(Metric):
     """ActivityNet detection mAP (and optionally Recall@kx) over a validation epoch.
 
@@ -561,14 +574,7 @@ class DetectionMAP(Metric):
         if self.remove_duplicates:
             gt = remove_duplicate_annotations(gt)
         self._result = res = evaluate_detection(gt, pred, self.tiou_thresholds, self.top_k)
-        values: dict[str, float] = {
-            f"mAP@{key}": m for key, m in zip(self._keys, res.mAP.tolist(), strict=True)
-        }
-        values["average_mAP"] = res.average_mAP
-        for ki, k in enumerate(self.top_k):
-            for key, r in zip(self._keys, res.mean_recall[:, ki].tolist(), strict=True):
-                values[f"recall@{k}x@{key}"] = r
-            values[f"average_recall@{k}x"] = float(res.mean_recall[:, ki].mean())
+        values = result_values(res, self.tiou_thresholds)
         return {name: torch.tensor(v, dtype=torch.float64, device=self.device) for name, v in values.items()}
 
     def per_class_ap(self) -> dict[str | int, torch.Tensor]:
@@ -740,6 +746,34 @@ def evaluate_files(
         }
         out["average_recall"] = {f"{k}x": float(recall[:, i].mean()) for i, k in enumerate(res.top_k)}
     return out
+
+
+def score_predictions_file(path: str | Path) -> dict[str, float]:
+    """Recompute a run's test metrics from its ``predictions.json`` (which carries the ground truth it
+    was scored against, the tIoU thresholds and top-k), as :class:`DetectionMAP` computed them."""
+    data = _read_json(str(path), "prediction")
+    for key in ("results", "ground_truth", "tiou_thresholds"):
+        if key not in data:
+            raise AnnotationFormatError(f"{path}: not an egolab localization predictions file (no {key!r})")
+    rows = [
+        (vid, *item["segment"], item["score"], item["label_id"])
+        for vid, items in data["results"].items()
+        for item in items
+    ]
+    pred = SegmentTable(
+        np.array([r[0] for r in rows]),
+        np.array([r[1:3] for r in rows]).reshape(-1, 2),
+        np.array([r[4] for r in rows], np.int64),
+        np.array([r[3] for r in rows]),
+    )
+    truth = data["ground_truth"]
+    gt = SegmentTable(
+        np.array([vid for vid, g in truth.items() for _ in g["label_ids"]]),
+        np.array([s for g in truth.values() for s in g["segments"]]).reshape(-1, 2),
+        np.array([label for g in truth.values() for label in g["label_ids"]], np.int64),
+    )
+    res = evaluate_detection(gt, pred, data["tiou_thresholds"], data.get("top_k", []))
+    return result_values(res, data["tiou_thresholds"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class LocalizationTask(L.LightningModule):
         self.ema_decay = ema_decay
         self._eval_preds: list[dict] = []
         self.test_predictions: list[dict] = []
+        self.eval_targets: list[dict] = []
         self.label_names: list[str] | None = None
 
     # ----------------------------------------------------------------------------- wiring
@@ -142,34 +143,48 @@ class LocalizationTask(L.LightningModule):
             # proposals here. The reported numbers also need external video-level classes (not fused).
             truth = [dict(g, labels=np.zeros(len(g["labels"]), np.int64)) for g in truth]
         ground_truth = {g["video_id"]: g for g in truth}
+        targets = [ground_truth[p["video_id"]] for p in preds]
         self.metric.reset()
-        self.metric.update(preds, [ground_truth[p["video_id"]] for p in preds])
+        self.metric.update(preds, targets)
         results = self.metric.compute()
         size = max(len(preds), 1)
         for name, value in results.items():
             self.log(f"{prefix}/{name}", float(value), batch_size=size, prog_bar=name == "average_mAP")
         self._eval_preds = []
+        self.eval_targets = targets
         return preds
 
     def write_predictions(self, run_dir: str | Path) -> Path:
-        """ActivityNet submission json (labels by name) plus label ids: read by late fusion."""
+        """ActivityNet submission json (labels by name) plus label ids, and the ground truth and tIoU
+        thresholds the test scored them against, so late fusion can re-score without the dataset."""
         names = self.label_names
         results = {}
         for pred in self.test_predictions:
             results[pred["video_id"]] = [
                 {
-                    "segment": [round(float(s), 4), round(float(e), 4)],
-                    "score": round(float(score), 6),
+                    "segment": [float(s), float(e)],
+                    "score": float(score),
                     "label": names[int(label)] if names else str(int(label)),
                     "label_id": int(label),
                 }
                 for (s, e), score, label in zip(pred["segments"].tolist(), pred["scores"], pred["labels"])
             ]
+        ground_truth = {
+            g["video_id"]: {
+                "segments": np.asarray(g["segments"], np.float64).reshape(-1, 2).tolist(),
+                "label_ids": [int(x) for x in g["labels"]],
+            }
+            for g in self.eval_targets
+        }
         payload = {
             "version": "egolab-localization-1",
             "task": "localization",
             "results": results,
             "external_data": {"used": False},
+            "label_names": list(names) if names else None,
+            "tiou_thresholds": list(self.metric.tiou_thresholds),
+            "top_k": list(self.metric.top_k),
+            "ground_truth": ground_truth,
         }
         path = Path(run_dir) / PREDICTIONS_FILE
         path.write_text(json.dumps(payload))
