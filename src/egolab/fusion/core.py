@@ -11,12 +11,14 @@ import numpy as np
 from egolab.fusion.scores import check_weights
 
 PREDICTION_FILES = ("predictions.json", "predictions.npz")
+HEADLINE_METRIC = {"localization": "average_mAP", "skill": "accuracy", "anticipation": "action_recall5"}
 
 
 @dataclass
 class FusionResult:
     """The fused predictions file, its metrics, and each input run's metrics (same metric names)."""
 
+    task: str
     path: Path
     metrics: dict[str, float]
     inputs: dict[str, dict[str, float]]
@@ -104,4 +106,4 @@ def fuse_runs(
 
         target.write_text(json.dumps(fuse_classification(contents, weights, normalize)))
     inputs = {str(path): score_file(task, path) for path in paths}
-    return FusionResult(target, score_file(task, target), inputs)
+    return FusionResult(task, target, score_file(task, target), inputs)
