@@ -18,7 +18,7 @@ from egolab.results import seed_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "expts/demo/anticipation.txt"
-SHORT = ["logger=csv", "data.num_workers=0", "trainer.enable_progress_bar=false"]
+SHORT = ["trainer.max_epochs=6", "logger=csv", "data.num_workers=0", "trainer.enable_progress_bar=false"]
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,9 @@ def test_late_fusion_of_two_seeds_equals_the_hand_computation(sweep):
     assert result.metrics["verb_recall5"] == pytest.approx(
         class_mean_recall_at_5(verbs, verb_labels), abs=1e-9
     )
-    for run, metrics in result.inputs.items():
+    for run, metrics in result.inputs.items():  # the run logged its metrics as float32
         logged = json.loads((Path(run).parent / "metrics.json").read_text())
-        assert metrics["action_recall5"] == pytest.approx(logged["test/action_recall5"], abs=1e-9)
+        assert metrics["action_recall5"] == pytest.approx(logged["test/action_recall5"], abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["seed_summary.ipynb", "late_fusion.ipynb"])

@@ -1,0 +1,202 @@
+"""Action anticipation (AVT-h / S-GEAR): training with the weighted losses, evaluation by class-mean recall.
+
+The module receives built objects: the model (:class:`egolab.models.avt.AnticipationModel`), the loss
+(:class:`egolab.models.sgear.AnticipationLoss`) and an optimizer factory. Batches come from
+:class:`egolab.data.anticipation.AnticipationDataModule`. Evaluation gathers the action logits of every
+segment (across ranks, de-duplicated), scores them with :mod:`egolab.metrics.anticipation`, and the
+test set's scores become ``predictions.npz`` (format in :meth:`AnticipationTask.write_predictions`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from egolab.metrics.anticipation import PREDICTIONS_VERSION, marginalize, metrics_from_arrays, tail_action_ids
+
+PREDICTIONS_FILE = "predictions.npz"
+EMBEDDINGS_FILE = "embeddings.pt"
+
+
+class AnticipationTask(L.LightningModule):
+    """AVT/S-GEAR recipe: one optimizer with linear warmup then cosine decay per step.
+
+    ``store_embeddings=N`` keeps, at test time, up to N head embeddings (the gated feature the classifier
+    sees) per ground-truth action and writes them to ``embeddings.pt`` beside the predictions: the input
+    of ``python -m egolab.prototypes visual`` (S-GEAR's visual prototypes from a recognition run).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_epochs: int = 0,
+        eta_min: float = 0.0,
+        store_embeddings: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.optimizer_factory = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.eta_min = eta_min
+        self.store_embeddings = int(store_embeddings)
+        self._records: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self.test_arrays: dict[str, np.ndarray] | None = None
+        self.test_embeddings: dict[int, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------------------- wiring
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        for dataset in (datamodule.train_dataset, datamodule.val_dataset, datamodule.test_dataset):
+            if dataset is not None:
+                self._check_classes(dataset)
+        if stage == "fit":
+            self.model.load_pretrained()
+
+    def _check_classes(self, dataset: Any) -> None:
+        head = getattr(self.model.head, "fc", None)
+        actions = dataset.actions.num_actions
+        if head is not None and head.out_features != actions:
+            raise ValueError(
+                f"{dataset.actions.path}: {actions} actions, but the model classifies {head.out_features} "
+                "(set model.num_actions)"
+            )
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
+        ratios = [self.eta_min / g["lr"] if g["lr"] > 0 else 0.0 for g in optimizer.param_groups]
+
+        def factor(step: int, ratio: float) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        lambdas = [lambda step, r=r: factor(step, r) for r in ratios]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["inputs"])
+        losses = self.criterion(outputs, batch, self.model.prototypes)
+        size = len(batch["uid"])
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=size, prog_bar=name == "loss")
+        return losses["loss"]
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict) -> None:
+        outputs = self.model(batch["inputs"])
+        logits = outputs["logits"].float().cpu().numpy()
+        embeddings = outputs["embedding"].float().cpu().numpy() if self.store_embeddings else None
+        for i, index in enumerate(batch["index"].tolist()):
+            self._records.append((index, logits[i], None if embeddings is None else embeddings[i]))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._records = []
+
+    def on_test_epoch_start(self) -> None:
+        self._records = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val", self.trainer.datamodule.val_dataset)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_arrays = self._evaluate("test", self.trainer.datamodule.test_dataset)
+
+    def _gather(self) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Records of every rank, one per segment index (the distributed sampler repeats a few)."""
+        records = self._records
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for rank_records in gathered for r in rank_records]
+        unique = {r[0]: r for r in records}
+        return [unique[k] for k in sorted(unique)]
+
+    def _evaluate(self, prefix: str, dataset: Any) -> dict[str, np.ndarray]:
+        records = self._gather()
+        self._records = []
+        if not records:
+            return {}
+        indices = [r[0] for r in records]
+        arrays = prediction_arrays(dataset, indices, np.stack([r[1] for r in records]))
+        if prefix == "test" and self.store_embeddings:
+            self.test_embeddings = self._collect_embeddings(arrays["action_label"], [r[2] for r in records])
+        metrics = metrics_from_arrays(arrays)
+        for name, value in metrics.items():
+            self.log(
+                f"{prefix}/{name}", float(value), batch_size=len(indices), prog_bar=name == "action_recall5"
+            )
+        return arrays
+
+    def _collect_embeddings(self, labels: np.ndarray, embeddings: list) -> dict[int, torch.Tensor]:
+        per_class: dict[int, list[np.ndarray]] = {}
+        for label, vector in zip(labels.tolist(), embeddings):
+            if label >= 0 and len(per_class.setdefault(label, [])) < self.store_embeddings:
+                per_class[label].append(vector)
+        return {c: torch.from_numpy(np.stack(v)) for c, v in sorted(per_class.items())}
+
+    def write_predictions(self, run_dir: str | Path) -> Path:
+        """Write ``predictions.npz`` (and ``embeddings.pt`` with ``store_embeddings``) into ``run_dir``.
+
+        Arrays: ``uid`` (N,) str; ``action_logits`` (N, A) float32; ``verb_scores`` (N, V) and
+        ``noun_scores`` (N, Nn) float32 marginals of the softmaxed action scores; ``verb_label``,
+        ``noun_label``, ``action_label`` (N,) int64, -1 unknown; ``unseen`` (N,) bool; ``action_to_verb``
+        and ``action_to_noun`` (A,) int64; ``tail_verbs``, ``tail_nouns``, ``tail_actions`` class ids;
+        ``task`` = "anticipation" and ``version`` = "egolab-anticipation-1" (0-d strings).
+        """
+        if self.test_arrays is None:
+            raise RuntimeError("no test predictions: run trainer.test first")
+        run_dir = Path(run_dir)
+        path = run_dir / PREDICTIONS_FILE
+        np.savez_compressed(path, **self.test_arrays)
+        if self.store_embeddings:
+            torch.save({"embeddings": self.test_embeddings}, run_dir / EMBEDDINGS_FILE)
+        return path
+
+
+def prediction_arrays(dataset: Any, indices: list[int], action_logits: np.ndarray) -> dict[str, np.ndarray]:
+    """The predictions-file arrays of the given dataset segments and their action logits."""
+    actions = dataset.actions
+    segments = [dataset.segments[i] for i in indices]
+    logits = np.asarray(action_logits, dtype=np.float32)
+    unseen = np.zeros(len(segments), dtype=bool) if dataset.unseen is None else dataset.unseen[indices]
+    empty = np.zeros(0, dtype=np.int64)
+    tail_verbs = empty if dataset.tail_verbs is None else dataset.tail_verbs
+    tail_nouns = empty if dataset.tail_nouns is None else dataset.tail_nouns
+    return {
+        "uid": np.array([s.uid for s in segments], dtype=str),
+        "action_logits": logits,
+        "verb_scores": marginalize(logits, actions.verb, actions.num_verbs).astype(np.float32),
+        "noun_scores": marginalize(logits, actions.noun, actions.num_nouns).astype(np.float32),
+        "verb_label": np.array([s.verb for s in segments], dtype=np.int64),
+        "noun_label": np.array([s.noun for s in segments], dtype=np.int64),
+        "action_label": np.array([s.action for s in segments], dtype=np.int64),
+        "unseen": np.asarray(unseen, dtype=bool),
+        "action_to_verb": actions.verb.astype(np.int64),
+        "action_to_noun": actions.noun.astype(np.int64),
+        "tail_verbs": tail_verbs.astype(np.int64),
+        "tail_nouns": tail_nouns.astype(np.int64),
+        "tail_actions": tail_action_ids(actions.verb, actions.noun, tail_verbs, tail_nouns),
+        "task": np.array("anticipation"),
+        "version": np.array(PREDICTIONS_VERSION),
+    }

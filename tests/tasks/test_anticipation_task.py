@@ -1,0 +1,113 @@
+"""The anticipation task in process: fit + test on a small demo, the predictions file contract, embeddings."""
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from egolab.metrics.anticipation import marginalize, score_predictions_file
+from egolab.paths import CONF_DIR
+from egolab.prototypes import generate_visual_prototypes
+
+CONTRACT = {
+    "uid", "action_logits", "verb_scores", "noun_scores", "verb_label", "noun_label", "action_label",
+    "unseen", "action_to_verb", "action_to_noun", "tail_verbs", "tail_nouns", "tail_actions", "task",
+    "version",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def compose_demo(tmp_path, *overrides):
+    """The demo S-GEAR config on a smaller demo, with random language prototype files (no MiniLM)."""
+    protos = tmp_path / "protos"
+    protos.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    encodings = torch.randn(40, 16)
+    unit = torch.nn.functional.normalize(encodings, dim=1)
+    torch.save({"encodings": encodings}, protos / "enc.pt")
+    torch.save({"similarities": unit @ unit.T}, protos / "sim.pt")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "task=anticipation",
+                "model=sgear/demo",
+                "data=anticipation/demo",
+                f"paths.demo_root={tmp_path / 'demo'}",
+                "paths.root=/nonexistent",
+                "+data.demo.segments_per_video=8",
+                "+data.demo.language_prototypes=false",
+                f"model.prototypes.language_encodings={protos / 'enc.pt'}",
+                f"model.prototypes.language_similarities={protos / 'sim.pt'}",
+                "task.criterion.past_cls_action=1.0",
+                "task.criterion.semantic=1.0",
+                "task.criterion.regularization=1.0",
+                *overrides,
+            ],
+        )
+
+
+def test_fit_test_and_predictions_contract(tmp_path):
+    import lightning as L
+
+    cfg = compose_demo(tmp_path, "task.store_embeddings=2")
+    datamodule, task = instantiate(cfg.data), instantiate(cfg.task)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    assert "val/action_recall5" in trainer.callback_metrics
+    results = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    path = task.write_predictions(tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert set(arrays) == CONTRACT
+    test = datamodule.test_dataset
+    n, a = len(test), 40
+    assert arrays["action_logits"].shape == (n, a) and arrays["action_logits"].dtype == np.float32
+    assert arrays["verb_scores"].shape == (n, 12) and arrays["noun_scores"].shape == (n, 16)
+    np.testing.assert_allclose(arrays["verb_scores"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        arrays["noun_scores"], marginalize(arrays["action_logits"], arrays["action_to_noun"], 16), atol=1e-6
+    )
+    assert arrays["uid"].tolist() == [s.uid for s in test.segments]
+    assert arrays["action_label"].tolist() == [s.action for s in test.segments]
+    for name in ("verb_label", "noun_label", "action_label", "action_to_verb", "tail_actions"):
+        assert arrays[name].dtype == np.int64, name
+    assert arrays["unseen"].dtype == bool
+    assert arrays["unseen"].tolist() == [s.participant_id == "P04" for s in test.segments]
+    assert str(arrays["task"]) == "anticipation" and str(arrays["version"]) == "egolab-anticipation-1"
+    assert arrays["task"].shape == ()
+    recomputed = score_predictions_file(path)
+    assert set(results) == {f"test/{k}" for k in recomputed}
+    for key, value in recomputed.items():
+        assert results[f"test/{key}"] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+    embeddings = torch.load(tmp_path / "embeddings.pt", weights_only=True)["embeddings"]
+    assert embeddings and all(v.shape[0] <= 2 and v.shape[1] == 64 for v in embeddings.values())
+    actions = tmp_path / "demo" / "anticipation" / "annotations" / "actions.csv"
+    visual = torch.load(generate_visual_prototypes(tmp_path / "embeddings.pt", actions, tmp_path / "v.pt"))
+    assert visual["prototypes"].shape == (40, 64)
+
+
+def test_class_count_mismatch_is_reported(tmp_path):
+    import lightning as L
+
+    cfg = compose_demo(tmp_path, "model.num_actions=41", "model.prototypes.language_encodings=null")
+    cfg.model.prototypes.visual = str(tmp_path / "unused.pt")
+    datamodule, task = instantiate(cfg.data), instantiate(cfg.task)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="40 actions, but the model classifies 41"):
+        trainer.fit(task, datamodule=datamodule)
