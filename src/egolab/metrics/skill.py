@@ -1,0 +1,127 @@
+"""Proficiency estimation metrics: top-1 accuracy overall and per scenario, confusion matrix.
+
+:func:`skill_metrics` scores per-take class probabilities (torchmetrics' multiclass accuracy);
+:func:`score_predictions_file` recomputes the same numbers from a run's ``predictions.json``
+(format ``egolab-skill-1``, written by :class:`egolab.tasks.skill.SkillTask`). Takes without a label
+(the hidden test split) are not scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+PREDICTIONS_VERSION = "egolab-skill-1"
+
+
+def scenario_key(name: str) -> str:
+    """Metric-name form of a scenario: ``"Rock Climbing"`` -> ``"rock_climbing"``."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "unknown"
+
+
+def _labelled(
+    probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilities (N, C), labels (N,) and the mask of takes with a label (label >= 0)."""
+    probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
+    labels_t = torch.as_tensor(
+        [-1 if v is None else int(v) for v in np.asarray(labels, dtype=object).tolist()]
+    )
+    if probs_t.dim() != 2 or probs_t.shape[0] != labels_t.shape[0]:
+        raise ValueError(
+            f"expected probs (N, C) and labels (N,), got {tuple(probs_t.shape)}, {tuple(labels_t.shape)}"
+        )
+    return probs_t, labels_t, labels_t >= 0
+
+
+def skill_metrics(
+    probs: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | Sequence[int | None],
+    scenarios: Sequence[str],
+) -> dict[str, float]:
+    """``accuracy`` and ``accuracy_<scenario>`` (micro top-1 of argmax) over takes with a label.
+
+    Empty when no take is labelled. Ties in the probabilities go to the lowest class index.
+    """
+    probs_t, labels_t, mask = _labelled(probs, labels)
+    if len(scenarios) != len(labels_t):
+        raise ValueError(f"{len(scenarios)} scenarios for {len(labels_t)} takes")
+    if not mask.any():
+        return {}
+    num_classes = probs_t.shape[1]
+    preds = probs_t.argmax(dim=1)
+
+    def accuracy(keep: torch.Tensor) -> float:
+        return float(multiclass_accuracy(preds[keep], labels_t[keep], num_classes, average="micro"))
+
+    results = {"accuracy": accuracy(mask)}
+    names = np.asarray([scenario_key(s) for s in scenarios])
+    for name in sorted(set(names[mask.numpy()].tolist())):
+        results[f"accuracy_{name}"] = accuracy(mask & torch.as_tensor(names == name))
+    return results
+
+
+def confusion_matrix(
+    probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int | None]
+) -> torch.Tensor:
+    """(C, C) counts, rows = true level, columns = predicted level, over labelled takes."""
+    probs_t, labels_t, mask = _labelled(probs, labels)
+    num_classes = probs_t.shape[1]
+    if not mask.any():
+        return torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    return multiclass_confusion_matrix(probs_t.argmax(dim=1)[mask], labels_t[mask], num_classes)
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor | np.ndarray, label_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Save a confusion matrix (counts, row-normalised colours) as a PNG; no global matplotlib backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=np.float64), where=rows > 0)
+    fig = Figure(figsize=(1.6 + 1.1 * len(label_names), 1.2 + 1.0 * len(label_names)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true level")
+    ticks = range(len(label_names))
+    ax.set_xticks(ticks, label_names, rotation=30, ha="right")
+    ax.set_yticks(ticks, label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in ticks:
+        for j in ticks:
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour)
+    ax.set_title(title or f"{int(counts.sum())} takes")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def read_predictions(path: str | os.PathLike) -> dict:
+    """A ``predictions.json`` of the skill task, checked for its version."""
+    data = json.loads(Path(path).read_text())
+    if data.get("version") != PREDICTIONS_VERSION:
+        raise ValueError(f"{path}: expected version {PREDICTIONS_VERSION!r}, got {data.get('version')!r}")
+    return data
+
+
+def score_predictions_file(path: str | os.PathLike) -> dict[str, float]:
+    """Metrics of a ``predictions.json`` (keys as logged, without the ``test/`` prefix)."""
+    results = read_predictions(path)["results"]
+    uids = sorted(results)
+    probs = np.asarray([results[u]["probs"] for u in uids], dtype=np.float64)
+    labels = [results[u]["label"] for u in uids]
+    return skill_metrics(probs, labels, [results[u]["scenario"] for u in uids])

@@ -1,0 +1,270 @@
+"""Skill data: official json -> jsonl, sampling indices, preprocessing against the HF processor, decord on
+real clips, the multi-view dataset, bad-video errors naming file and take, the data module, the demo."""
+
+import json
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from egolab.data.demo_skill import make_demo_skill
+from egolab.data.skill import (
+    LABEL_NAMES,
+    SkillDataModule,
+    SkillDataset,
+    VideoReadError,
+    collate_skill,
+    convert_official_records,
+    eval_window_starts,
+    main,
+    open_video,
+    prepare_annotation,
+    preprocess_frames,
+    read_annotation_jsonl,
+    read_frames,
+    sample_frame_indices,
+    window_length,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+VIDEOS = SHARED / "videos"
+DOCS = SHARED / "ego4d" / "egoexo4d_docs_annotations_proficiency_estimation.md"
+MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+SMALL_DEMO = {"num_takes": {"train": 8, "val": 8, "test": 8}, "num_views": 3, "num_frames": 40}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("skill_demo")
+    make_demo_skill(root, **SMALL_DEMO)
+    return root
+
+
+def dataset(root: Path, split: str = "train", **kwargs) -> SkillDataset:
+    args = dict(camera_indices=[0, 1], num_frames=4, frame_sample_rate=2, shortest_edge=32, crop_size=32)
+    args["training"] = split == "train"
+    return SkillDataset(root / "annotations" / f"skill_{split}.jsonl", root, **{**args, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------ annotations
+def documented_record() -> dict:
+    """The demonstrator sample record of the official docs (its trailing `...` removed)."""
+    assert DOCS.is_file(), f"official proficiency docs not found at {DOCS} (shared/ beside the repo)"
+    text = DOCS.read_text().split("## Demonstrator Annotations", 1)[1]
+    block = re.search(r"```json\s*\[(.*?)\]\s*```", text, re.S).group(1)
+    return json.loads(block.replace("...", "").strip().rstrip(","))
+
+
+def test_prepare_annotation_converts_the_documented_record(tmp_path):
+    record = documented_record()
+    official = tmp_path / "proficiency_demonstrator_val.json"
+    official.write_text(json.dumps({"ds": "test", "annotations": [record, {**record, "take_uid": "t2"}]}))
+    assert main(["prepare_annotation", str(official), str(tmp_path / "out" / "val.jsonl")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "out" / "val.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0] == {
+        "take_uid": "000a19fe-776e-4c88-b0c3-2fad016a6025",
+        "take_name": "uniandes_bouldering_028_7",
+        "scenario_name": "Rock Climbing",
+        "task_name": "LosAndes_V2_R1",
+        "video_paths": [
+            "takes/uniandes_bouldering_028_7/frame_aligned_videos/aria01_214-1.mp4",
+            *(f"takes/uniandes_bouldering_028_7/frame_aligned_videos/cam0{i}.mp4" for i in range(1, 5)),
+        ],
+        "proficiency_level": "Early Expert",
+        "label": 1,
+    }
+    takes = read_annotation_jsonl(tmp_path / "out" / "val.jsonl")
+    assert [t.take_uid for t in takes] == [record["take_uid"], "t2"] and takes[0].label == 1
+    # a plain list (the docs' form) works as well
+    official.write_text(json.dumps([record]))
+    assert prepare_annotation(official, tmp_path / "list.jsonl") == 1
+
+
+def test_label_mapping_missing_views_and_errors():
+    base = {
+        "take_uid": "u",
+        "scenario_name": "Cooking",
+        "video_paths": {"exo2": "takes/k/frame_aligned_videos/gp02.mp4"},
+    }
+    levels = [convert_official_records([{**base, "proficiency_score": n}])[0]["label"] for n in LABEL_NAMES]
+    assert levels == [0, 1, 2, 3]
+    assert convert_official_records([{**base, "proficiency_score": "late expert"}])[0]["label"] == 3
+    hidden = convert_official_records([base])[0]
+    assert hidden["label"] is None and hidden["proficiency_level"] is None
+    assert hidden["video_paths"] == [None, None, "takes/k/frame_aligned_videos/gp02.mp4", None, None]
+    assert hidden["take_name"] == "k"
+    with pytest.raises(ValueError, match=r"src.json: take u: unknown proficiency_score 'Master'"):
+        convert_official_records([{**base, "proficiency_score": "Master"}], "src.json")
+    with pytest.raises(ValueError, match="take u: duplicate take_uid"):
+        convert_official_records([base, base])
+    with pytest.raises(ValueError, match="unknown video_paths keys"):
+        convert_official_records([{**base, "video_paths": {"exo5": "x"}}])
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def test_sampling_indices_hand_computed():
+    # linspace(0, 32, 8) = 0, 4.57, 9.14, 13.71, 18.29, 22.86, 27.43, 32 -> truncated, last clipped to 31
+    assert sample_frame_indices(0, 8, 32).tolist() == [0, 4, 9, 13, 18, 22, 27, 31]
+    assert sample_frame_indices(10, 8, 32).tolist() == [10, 14, 19, 23, 28, 32, 37, 41]
+    assert sample_frame_indices(0, 4, 4).tolist() == [0, 1, 2, 3]
+    assert window_length(8, 4, 300) == 32 and window_length(8, 4, 20) == 20
+    assert eval_window_starts(100, 32, 1) == [34]
+    assert eval_window_starts(100, 32, 3) == [0, 34, 68]
+    assert eval_window_starts(20, 20, 1) == [0]
+
+
+# ------------------------------------------------------------------------------------------ decoding
+def test_decord_reads_the_real_clips_like_pyav():
+    for name, count in [("mmaction2_tests_data_test.mp4", 300), ("lavila_ego4d_3c0dffd0_012_014.mp4", 60)]:
+        path = VIDEOS / name
+        assert path.is_file(), f"real clip not found at {path} (shared/ beside the repo)"
+        reader = open_video(path, "t")
+        assert len(reader) == count
+        frames = read_frames(path, [0, 7, count - 1], "t", reader)
+        with av.open(str(path)) as container:
+            reference = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert frames.shape == (3, *reference[0].shape) and frames.dtype == np.uint8
+        for got, index in zip(frames, [0, 7, count - 1]):
+            assert np.abs(got.astype(int) - reference[index].astype(int)).mean() < 2.0
+    avi = read_frames(VIDEOS / "mmaction2_tests_data_test.avi", [0, 5], "t")
+    assert avi.shape == (2, 240, 320, 3)
+
+
+def test_preprocessing_matches_the_checkpoint_processor():
+    from transformers import VideoMAEImageProcessor
+
+    frames = read_frames(VIDEOS / "lavila_ego4d_3c0dffd0_012_014.mp4", [0, 20, 40], "t")  # 384 x 288
+    processor = VideoMAEImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        resample=2,
+        image_mean=list(MEAN),
+        image_std=list(STD),
+    )
+    expected = processor(list(frames), return_tensors="pt")["pixel_values"][0]
+    got = preprocess_frames(frames, 224, 224, MEAN, STD)
+    assert got.shape == expected.shape == (3, 3, 224, 224)
+    assert (got - expected).abs().max() < 0.02  # within one grey level (PIL vs torch antialiasing)
+
+
+# ------------------------------------------------------------------------------------------ dataset
+def test_dataset_items_select_the_configured_views(demo):
+    train = dataset(demo, camera_indices=[2, 0])
+    item = train[0]
+    assert item["pixel_values"].shape == (2, 4, 3, 32, 32)
+    assert item["label"] in range(4) and item["scenario"] in ("Basketball", "Rock Climbing")
+    evaluation = dataset(demo, "val", camera_indices=[2, 0], num_clips=2)
+    take = evaluation.takes[0]
+    pixels = evaluation[0]["pixel_values"]
+    assert pixels.shape == (2, 2, 4, 3, 32, 32)
+    # clip 1 of view 0 is camera index 2 (cam02) at the last of 2 evenly spread windows of 8 frames
+    path = demo / take.video_paths[2].replace("frame_aligned_videos/", "frame_aligned_videos/downscaled/448/")
+    assert path.name == "cam02.mp4"
+    indices = sample_frame_indices(eval_window_starts(40, 8, 2)[1], 4, 8)
+    assert indices.tolist() == [32, 34, 37, 39]  # linspace(32, 40, 4) = 32, 34.7, 37.3, 40 -> 39
+    expected = preprocess_frames(read_frames(path, indices, "t"), 32, 32, MEAN, STD)
+    torch.testing.assert_close(pixels[1, 0], expected)
+    assert torch.equal(evaluation[0]["pixel_values"], pixels)  # evaluation is deterministic
+
+
+def test_training_windows_are_random_and_per_view(demo):
+    train = dataset(demo, camera_indices=[0, 1])
+    torch.manual_seed(0)
+    draws = [train._starts([40, 40]) for _ in range(50)]
+    assert all(0 <= s[0][0] <= 32 and 0 <= s[1][0] <= 32 for s in draws)
+    assert any(s[0] != s[1] for s in draws) and len({s[0][0] for s in draws}) > 5
+    shared = dataset(demo, independent_view_windows=False)
+    assert all(s[0] == s[1] for s in (shared._starts([40, 44]) for _ in range(20)))
+
+
+def test_missing_and_corrupt_videos_name_the_file_and_the_take(demo, tmp_path):
+    root = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(demo, root)
+    takes = read_annotation_jsonl(root / "annotations" / "skill_train.jsonl")
+    folder = "frame_aligned_videos/downscaled/448"
+    missing = root / "takes" / takes[1].take_name / folder / "cam01.mp4"
+    missing.unlink()
+    corrupt = root / "takes" / takes[2].take_name / folder / "aria01_214-1.mp4"
+    corrupt.write_bytes(b"not a video" * 50)
+
+    with pytest.raises(
+        VideoReadError, match=rf"take {takes[1].take_uid} \({takes[1].take_name}\): missing video {missing}"
+    ):
+        dataset(root)
+    data = dataset(
+        root, camera_indices=[0], training=False
+    )  # cam01 not needed: only the corrupt ego video fails, when read
+    index = data.take_uids.index(takes[2].take_uid)
+    with pytest.raises(
+        VideoReadError,
+        match=rf"take {takes[2].take_uid} \({takes[2].take_name}\): unreadable video {corrupt}",
+    ):
+        data[index]
+    assert data[index - 1]["take_uid"] == takes[1].take_uid
+
+    skipping = dataset(root, bad_videos="skip", training=False)
+    assert skipping.skipped == [takes[1].take_uid] and len(skipping) == len(takes) - 1
+    items = [skipping[i] for i in range(len(skipping))]  # evaluation items: (1, V, T, C, H, W)
+    assert sum(item is None for item in items) == 1  # the corrupt take, never another take's video
+    batch = collate_skill(items)
+    assert takes[2].take_uid not in batch["take_uids"] and len(batch["take_uids"]) == len(takes) - 2
+    assert collate_skill([None, None]) is None
+
+
+def test_data_module_batches(demo):
+    module = SkillDataModule(
+        root=demo,
+        dataset=lambda **kw: SkillDataset(
+            **kw, camera_indices=[0, 1, 2], num_frames=4, shortest_edge=32, crop_size=32
+        ),
+        train_file="annotations/skill_train.jsonl",
+        val_file="annotations/skill_val.jsonl",
+        test_file="annotations/skill_val.jsonl",
+        batch_size=4,
+        eval_batch_size=3,
+    )
+    module.setup("fit")
+    module.setup("test")
+    assert module.val_dataset is module.test_dataset
+    batch = next(iter(module.train_dataloader()))
+    assert batch["pixel_values"].shape == (4, 3, 4, 3, 32, 32) and batch["labels"].dtype == torch.int64
+    assert len(module.train_dataloader()) == 2
+    val = next(iter(module.val_dataloader()))
+    assert val["pixel_values"].shape == (3, 1, 3, 4, 3, 32, 32) and len(val["take_uids"]) == 3
+
+
+def test_demo_is_deterministic_balanced_and_in_the_official_layout(demo, tmp_path):
+    again = tmp_path / "again"
+    make_demo_skill(again, **SMALL_DEMO)
+    for split in ("train", "val", "test"):
+        name = f"annotations/skill_{split}.jsonl"
+        assert (again / name).read_text() == (demo / name).read_text()
+        official = json.loads((demo / f"annotations/proficiency_demonstrator_{split}.json").read_text())
+        assert set(official["annotations"][0]["video_paths"]) == {"ego", "exo1", "exo2"}
+        labels = [t.label for t in read_annotation_jsonl(demo / name)]
+        assert sorted(labels) == sorted([0, 1, 2, 3] * 2)
+    take = read_annotation_jsonl(demo / "annotations/skill_test.jsonl")[0]
+    video = f"takes/{take.take_name}/frame_aligned_videos/downscaled/448/cam01.mp4"
+    assert (again / video).read_bytes() == (demo / video).read_bytes()
+    assert len(open_video(demo / video, "t")) == 40
+    mtime = (demo / "demo_params.json").stat().st_mtime_ns
+    make_demo_skill(demo, **SMALL_DEMO)  # already there: not regenerated
+    assert (demo / "demo_params.json").stat().st_mtime_ns == mtime
+
+
+def test_demo_speed_grows_with_the_level(demo):
+    """The planted signal: frame-to-frame change grows with the proficiency level."""
+    data = dataset(demo, "train", num_frames=8, frame_sample_rate=1, camera_indices=[0], training=False)
+    energy = {}
+    for i in range(len(data)):
+        item = data[i]
+        x = item["pixel_values"][0, 0]
+        energy.setdefault(item["label"], []).append((x[1:] - x[:-1]).abs().mean().item())
+    means = [np.mean(energy[k]) for k in range(4)]
+    assert means == sorted(means), means
