@@ -106,7 +106,7 @@ def plot_confusion_matrix(
     ax.set_title(title or f"{int(counts.sum())} takes")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
