@@ -111,3 +111,42 @@ def test_class_count_mismatch_is_reported(tmp_path):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="40 actions, but the model classifies 41"):
         trainer.fit(task, datamodule=datamodule)
+
+
+def test_official_protocol_counts_discarded_segments_with_zero_scores():
+    """RULSTM's EK100 evaluation: a segment with no observed frame scores 0 everywhere and still counts."""
+    from types import SimpleNamespace
+
+    from egolab.data.anticipation import Segment
+    from egolab.metrics.anticipation import metrics_from_arrays
+    from egolab.tasks.anticipation import prediction_arrays
+
+    actions = SimpleNamespace(
+        verb=np.array([0, 0, 1, 1, 2, 2, 3]), noun=np.array([0, 1, 0, 1, 0, 1, 0]), num_verbs=4, num_nouns=2
+    )
+    kept = [
+        Segment("a", "P01_01", "P01", 5.0, 6.0, 0, 0, 0),
+        Segment("b", "P02_01", "P02", 5.0, 6.0, 3, 0, 6),
+    ]
+    dropped = Segment("c", "P02_01", "P02", 0.5, 1.0, 0, 0, 0)
+    dataset = SimpleNamespace(
+        actions=actions,
+        segments=kept,
+        discarded=[dropped],
+        unseen=np.array([False, True]),
+        discarded_unseen=np.array([True]),
+        tail_verbs=np.array([3]),
+        tail_nouns=np.array([1]),
+    )
+    logits = np.zeros((2, 7), np.float32)
+    logits[0, 0] = logits[1, 6] = 5.0  # both kept segments right at top-1
+    ours = prediction_arrays(dataset, [0, 1], logits)
+    official = prediction_arrays(dataset, [0, 1], logits, include_discarded=True)
+    assert ours["uid"].tolist() == ["a", "b"] and official["uid"].tolist() == ["a", "b", "c"]
+    assert not official["action_logits"][2].any() and not official["verb_scores"][2].any()
+    assert official["unseen"].tolist() == [False, True, True]
+    assert metrics_from_arrays(ours)["action_recall5"] == 1.0
+    # zero scores rank actions 6, 5, 4, 3, 2 first (RULSTM's reversed argsort): "c" (action 0) is missed,
+    # so action 0 has recall 1/2 and the class mean over actions {0, 6} is 0.75
+    assert metrics_from_arrays(official)["action_recall5"] == pytest.approx(0.75)
+    assert metrics_from_arrays(official)["action_top1"] == pytest.approx(2 / 3)

@@ -470,7 +470,7 @@ class AnticipationDataset(Dataset):
         self.jitter = float(jitter)
         all_segments = [s for f in self.annotation_files for s in read_segments(f, self.actions)]
         self.segments: list[Segment] = []
-        self.discarded: list[str] = []
+        self.discarded: list[Segment] = []
         for segment in all_segments:
             _, end = anticipation_window(segment.start, self.tau_a, self.tau_o)
             (self.segments if end * self.feat_fps >= 1.0 - 1e-6 else self.discarded).append(segment)
@@ -487,6 +487,9 @@ class AnticipationDataset(Dataset):
         unseen = set(read_id_list(unseen_participants)) if unseen_participants else None
         self.unseen = (
             None if unseen is None else np.array([s.participant_id in unseen for s in self.segments])
+        )
+        self.discarded_unseen = (
+            None if unseen is None else np.array([s.participant_id in unseen for s in self.discarded], bool)
         )
         self.tail_verbs = None if tail_verbs is None else read_class_ids(tail_verbs)
         self.tail_nouns = None if tail_nouns is None else read_class_ids(tail_nouns)

@@ -28,6 +28,10 @@ EMBEDDINGS_FILE = "embeddings.pt"
 class AnticipationTask(L.LightningModule):
     """AVT/S-GEAR recipe: one optimizer with linear warmup then cosine decay per step.
 
+    ``include_discarded`` scores as RULSTM's official EK100 evaluation does: the segments without any
+    observed frame (``dataset.discarded``) count, with all-zero scores. Off by default, as in AVT / S-GEAR,
+    whose numbers cover the kept segments only.
+
     ``store_embeddings=N`` keeps, at test time, up to N head embeddings (the gated feature the classifier
     sees) per ground-truth action and writes them to ``embeddings.pt`` beside the predictions: the input
     of ``python -m egolab.prototypes visual`` (S-GEAR's visual prototypes from a recognition run).
@@ -41,6 +45,7 @@ class AnticipationTask(L.LightningModule):
         warmup_epochs: int = 0,
         eta_min: float = 0.0,
         store_embeddings: int = 0,
+        include_discarded: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -49,6 +54,7 @@ class AnticipationTask(L.LightningModule):
         self.warmup_epochs = warmup_epochs
         self.eta_min = eta_min
         self.store_embeddings = int(store_embeddings)
+        self.include_discarded = include_discarded
         self._records: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self.test_arrays: dict[str, np.ndarray] | None = None
         self.test_embeddings: dict[int, torch.Tensor] = {}
@@ -138,7 +144,9 @@ class AnticipationTask(L.LightningModule):
         if not records:
             return {}
         indices = [r[0] for r in records]
-        arrays = prediction_arrays(dataset, indices, np.stack([r[1] for r in records]))
+        arrays = prediction_arrays(
+            dataset, indices, np.stack([r[1] for r in records]), include_discarded=self.include_discarded
+        )
         if prefix == "test" and self.store_embeddings:
             self.test_embeddings = self._collect_embeddings(arrays["action_label"], [r[2] for r in records])
         metrics = metrics_from_arrays(arrays)
@@ -174,20 +182,37 @@ class AnticipationTask(L.LightningModule):
         return path
 
 
-def prediction_arrays(dataset: Any, indices: list[int], action_logits: np.ndarray) -> dict[str, np.ndarray]:
-    """The predictions-file arrays of the given dataset segments and their action logits."""
+def prediction_arrays(
+    dataset: Any, indices: list[int], action_logits: np.ndarray, include_discarded: bool = False
+) -> dict[str, np.ndarray]:
+    """The predictions-file arrays of the given dataset segments and their action logits.
+
+    ``include_discarded`` appends the dataset's discarded segments with all-zero verb, noun and action
+    scores (RULSTM's ``get_scores(include_discarded=True)``).
+    """
     actions = dataset.actions
     segments = [dataset.segments[i] for i in indices]
     logits = np.asarray(action_logits, dtype=np.float32)
     unseen = np.zeros(len(segments), dtype=bool) if dataset.unseen is None else dataset.unseen[indices]
+    verb_scores = marginalize(logits, actions.verb, actions.num_verbs).astype(np.float32)
+    noun_scores = marginalize(logits, actions.noun, actions.num_nouns).astype(np.float32)
+    discarded = list(dataset.discarded) if include_discarded else []
+    if discarded:
+        segments = segments + discarded
+        logits, verb_scores, noun_scores = (
+            np.concatenate([a, np.zeros((len(discarded), a.shape[1]), np.float32)])
+            for a in (logits, verb_scores, noun_scores)
+        )
+        flags = dataset.discarded_unseen
+        unseen = np.concatenate([unseen, np.zeros(len(discarded), bool) if flags is None else flags])
     empty = np.zeros(0, dtype=np.int64)
     tail_verbs = empty if dataset.tail_verbs is None else dataset.tail_verbs
     tail_nouns = empty if dataset.tail_nouns is None else dataset.tail_nouns
     return {
         "uid": np.array([s.uid for s in segments], dtype=str),
         "action_logits": logits,
-        "verb_scores": marginalize(logits, actions.verb, actions.num_verbs).astype(np.float32),
-        "noun_scores": marginalize(logits, actions.noun, actions.num_nouns).astype(np.float32),
+        "verb_scores": verb_scores,
+        "noun_scores": noun_scores,
         "verb_label": np.array([s.verb for s in segments], dtype=np.int64),
         "noun_label": np.array([s.noun for s in segments], dtype=np.int64),
         "action_label": np.array([s.action for s in segments], dtype=np.int64),
