@@ -1,9 +1,14 @@
-"""Shared fixtures: demo data generated once per session, outputs in a temporary folder."""
+"""Shared fixtures: demo data generated once per session, outputs in a temporary folder, one torch
+thread for in-process model tests, and the modules a subprocess ends up importing."""
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +31,31 @@ def egolab_env(demo_root, tmp_path) -> dict:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest on one thread, and busy hosts do not oversubscribe the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def modules_after() -> Callable[[str, dict], set[str]]:
+    """Run Python code in a fresh interpreter (repo root, given environment); the modules it loaded."""
+
+    def run(code: str, env: dict) -> set[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", code + "; import sys; print('MODULES', *sorted(sys.modules))"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return set(out.stdout.split("MODULES", 1)[1].split())
+
+    return run

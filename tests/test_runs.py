@@ -148,32 +148,19 @@ def test_submitit_debug_executor_runs_in_process(egolab_env, tmp_path, monkeypat
     assert metrics == metrics_of(tmp_path / "run")
 
 
-def _modules_after(code: str, env: dict) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", code + "; print('MODULES', *sorted(sys.modules))"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return set(out.stdout.split("MODULES", 1)[1].split())
-
-
-def test_running_localization_imports_no_other_task_dependencies(egolab_env):
+def test_running_localization_imports_no_other_task_dependencies(egolab_env, modules_after):
     """A localization run adds none of the other tasks' heavy libraries to what Lightning itself loads.
 
     (Lightning imports torchmetrics, which imports transformers on its own when it is installed.)
     """
-    baseline = _modules_after("import sys, lightning, torchmetrics", egolab_env)
+    baseline = modules_after("import lightning, torchmetrics", egolab_env)
     run_dir = Path(egolab_env["EGOLAB_OUTPUTS"]) / "lazy"
     code = (
-        "import sys; from egolab.train import run_from_overrides; "
+        "from egolab.train import run_from_overrides; "
         "run_from_overrides(['task=localization','model=actionformer/demo','data=localization/demo',"
         f"'trainer.fast_dev_run=true','data.num_workers=0','logger=csv'], {str(run_dir)!r})"
     )
-    added = {name.split(".")[0] for name in _modules_after(code, egolab_env) - baseline}
+    added = {name.split(".")[0] for name in modules_after(code, egolab_env) - baseline}
     for heavy in (
         "transformers",
         "timm",

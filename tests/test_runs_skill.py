@@ -39,29 +39,17 @@ def test_skill_demo_learns_and_writes_its_run_dir(egolab_env):
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 
 
-def test_running_skill_imports_no_other_task_dependencies(egolab_env):
+def test_running_skill_imports_no_other_task_dependencies(egolab_env, modules_after):
     """A skill run adds none of the other tasks' heavy libraries to what Lightning itself loads."""
 
-    def modules_after(code: str) -> set[str]:
-        out = subprocess.run(
-            [sys.executable, "-c", code + "; print('MODULES', *sorted(sys.modules))"],
-            cwd=ROOT,
-            env=egolab_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        return set(out.stdout.split("MODULES", 1)[1].split())
-
-    baseline = modules_after("import sys, lightning, torchmetrics")
+    baseline = modules_after("import lightning, torchmetrics", egolab_env)
     run_dir = Path(egolab_env["EGOLAB_OUTPUTS"]) / "lazy"
     code = (
-        "import sys; from egolab.train import run_from_overrides; "
+        "from egolab.train import run_from_overrides; "
         "run_from_overrides(['task=skill','model=skillformer/demo','data=skill/demo',"
         f"'trainer.fast_dev_run=true','data.num_workers=0','logger=csv'], {str(run_dir)!r})"
     )
-    added = {name.split(".")[0] for name in modules_after(code) - baseline}
+    added = {name.split(".")[0] for name in modules_after(code, egolab_env) - baseline}
     assert {"egolab", "peft", "decord"} <= added
     for heavy in ("lmdb", "timm", "sentence_transformers", "torch_geometric"):
         assert heavy not in added, f"{heavy} imported by a skill run"

@@ -17,12 +17,7 @@ CONTRACT = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def compose_demo(tmp_path, *overrides):
