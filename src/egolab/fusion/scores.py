@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from egolab.metrics.anticipation import softmax
+
 NORMALIZATIONS = ("none", "l1", "l2", "softmax")
 
 
@@ -13,8 +15,7 @@ def normalize_scores(scores: np.ndarray, how: str | None) -> np.ndarray:
     if how in (None, "none"):
         return scores
     if how == "softmax":
-        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+        return softmax(scores)
     if how in ("l1", "l2"):
         norm = np.linalg.norm(scores, ord=int(how[1]), axis=-1, keepdims=True)
         return scores / np.where(norm > 0, norm, 1.0)

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from egolab.launch.runs import experiment_dir, last_checkpoint, outputs_root, run_dir
+from egolab.launch.runs import experiment_dir, last_checkpoint, run_dir
 from egolab.launch.txtfile import (
     ExperimentFileError,
     OverrideLine,
@@ -266,9 +266,10 @@ def wandb_sweep(args: argparse.Namespace) -> int:
     lines, passthrough, selectors = experiment_lines(args)
     if selectors:
         raise ExperimentFileError(f"{txt}: --wandb-sweep runs the whole sweep; drop {sorted(selectors)}")
-    overrides = [line.text for line in lines + passthrough if not _is_cluster_only(line.text)]
+    local = [line for line in lines + passthrough if not _is_cluster_only(line.text)]
+    combos = expand_sweep(local)  # in run-index order, as plan() numbers local runs
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=expand_sweep([OverrideLine(o, "", 0) for o in overrides])[0])
+        cfg = compose("config", overrides=combos[0])
     project = OmegaConf.select(cfg, "logger.wandb.project", default="egolab")
     config = ws.sweep_config(
         str(txt),
@@ -293,11 +294,8 @@ def wandb_sweep(args: argparse.Namespace) -> int:
         return 0
 
     def run_dir_of(values: dict) -> Path:
-        chosen = [*args.overrides, *(f"{key}={value}" for key, value in values.items())]
-        argv = ["-c", str(txt), "-l", "--outputs", str(outputs_root(args.outputs)), *chosen]
-        if args.seeds:
-            argv += ["--seeds", *(str(s) for s in args.seeds)]
-        return plan(build_parser().parse_args(argv)).run_dirs[0]
+        index = next(i for i, combo in enumerate(combos) if _matches(combo, values))
+        return run_dir(txt, index, args.outputs)
 
     runs = ws.run_offline(config, run_dir_of)
     failed = [run for run in runs if run.state.name != "finished"]
