@@ -1,4 +1,4 @@
-"""SkillTask: the LR schedule, parameter groups, clip averaging, and a short fit + test on generated takes
+"""SkillTask: parameter groups, clip averaging, and a short fit + test on generated takes
 with LoRA and CrossViewFusion whose predictions.json re-scores to the logged metrics."""
 
 import json
@@ -14,7 +14,7 @@ from egolab.data.demo_skill import make_demo_skill
 from egolab.data.skill import LABEL_NAMES, SkillDataModule, SkillDataset
 from egolab.metrics.skill import score_predictions_file
 from egolab.models.skillformer import CrossViewFusion, SkillFormer, TimesformerBackbone
-from egolab.tasks.skill import SkillTask, cosine_with_warmup
+from egolab.tasks.skill import SkillTask
 
 TINY = dict(
     image_size=16,
@@ -33,13 +33,6 @@ def tiny_skillformer() -> SkillFormer:
 
 def adamw(params):
     return torch.optim.AdamW(params, lr=1e-3)
-
-
-def test_cosine_schedule_with_warmup_hand_computed():
-    assert [cosine_with_warmup(s, 100, 10) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]
-    assert cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)  # half-way through the decay
-    assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
-    assert cosine_with_warmup(32, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
 
 
 def test_optimizer_has_trainable_parameters_only_and_decays_matrices_only():

@@ -4,6 +4,7 @@
 
 `fuse_runs` (in `egolab.fusion.core`) reads each run's predictions file, combines them the way the task
 calls for (classification: weighted score sum; anticipation: per verb / noun / action space, as the AVT
-notebooks do; localization: pooled detections, then NMS), writes the fused file in the same format and
+notebooks do; localization: pooled detections, then NMS; backpack: the AR and OSCC sections' weighted
+scores), writes the fused file in the same format and
 scores it with the task's own metric.
 """

@@ -11,7 +11,12 @@ import numpy as np
 from egolab.fusion.scores import check_weights
 
 PREDICTION_FILES = ("predictions.json", "predictions.npz")
-HEADLINE_METRIC = {"localization": "average_mAP", "skill": "accuracy", "anticipation": "action_recall5"}
+HEADLINE_METRIC = {
+    "localization": "average_mAP",
+    "skill": "accuracy",
+    "anticipation": "action_recall5",
+    "backpack": "ar_verb_top1",
+}
 
 
 @dataclass
@@ -61,6 +66,8 @@ def score_file(task: str, path: Path) -> dict[str, float]:
         from egolab.metrics.skill import score_predictions_file
     elif task == "anticipation":
         from egolab.metrics.anticipation import score_predictions_file
+    elif task == "backpack":
+        from egolab.metrics.backpack import score_predictions_file
     else:
         raise ValueError(f"{path}: no late fusion for task {task!r}")
     return score_predictions_file(path)
@@ -75,9 +82,9 @@ def fuse_runs(
 ) -> FusionResult:
     """Fuse the predictions of ``runs`` (run dirs or files) with ``weights``; write and score the result.
 
-    ``normalize`` (none / l1 / l2 / softmax) applies to classification and anticipation scores before
-    the weighted sum; ``localization_options`` go to the NMS of pooled detections. The fused file goes to
-    ``out`` (default: `fused_predictions.<ext>` beside the first run's file).
+    ``normalize`` (none / l1 / l2 / softmax) applies to classification, anticipation and backpack (AR,
+    OSCC) scores before the weighted sum; ``localization_options`` go to the NMS of pooled detections.
+    The fused file goes to ``out`` (default: `fused_predictions.<ext>` beside the first run's file).
     """
     if len(runs) < 2:
         raise ValueError("late fusion needs at least two runs")
@@ -97,6 +104,11 @@ def fuse_runs(
         fused = fuse_anticipation(contents, weights, normalize)
         with target.open("wb") as handle:
             np.savez_compressed(handle, **fused)
+    elif task == "backpack":
+        from egolab.fusion.backpack import fuse_backpack
+        from egolab.metrics.backpack import write_predictions
+
+        write_predictions(target, fuse_backpack(contents, weights, normalize))
     elif task == "localization":
         from egolab.fusion.localization import fuse_localization
 

@@ -9,7 +9,6 @@ test set's scores become ``predictions.npz`` (format in :meth:`AnticipationTask.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from egolab.metrics.anticipation import PREDICTIONS_VERSION, marginalize, metrics_from_arrays, tail_action_ids
+from egolab.schedules import warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.npz"
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -81,16 +81,7 @@ class AnticipationTask(L.LightningModule):
         optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
-        ratios = [self.eta_min / g["lr"] if g["lr"] > 0 else 0.0 for g in optimizer.param_groups]
-
-        def factor(step: int, ratio: float) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        lambdas = [lambda step, r=r: factor(step, r) for r in ratios]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        scheduler = warmup_cosine_scheduler(optimizer, total, warmup, eta_min=self.eta_min, warmup_offset=1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- training

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+
+from egolab.schedules import warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -72,17 +73,7 @@ class LocalizationTask(L.LightningModule):
         optimizer = self.optimizer_factory(param_groups(self.model, self.weight_decay))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
-        base_lrs = [group["lr"] for group in optimizer.param_groups]
-        eta_ratio = [self.eta_min / lr if lr > 0 else 0.0 for lr in base_lrs]
-
-        def factor(step: int, ratio: float) -> float:
-            if step < warmup:
-                return step / max(warmup, 1)
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        lambdas = [lambda step, r=r: factor(step, r) for r in eta_ratio]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        scheduler = warmup_cosine_scheduler(optimizer, total, warmup, eta_min=self.eta_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- training

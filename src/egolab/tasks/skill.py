@@ -20,17 +20,10 @@ from torch import nn
 
 from egolab.data.skill import LABEL_NAMES
 from egolab.metrics.skill import PREDICTIONS_VERSION, confusion_matrix, plot_confusion_matrix, skill_metrics
+from egolab.schedules import warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.json"
 CONFUSION_FILE = "confusion_matrix.png"
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR factor: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` (HF's schedule)."""
-    if step < warmup:
-        return step / max(warmup, 1)
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SkillTask(L.LightningModule):
@@ -74,9 +67,7 @@ class SkillTask(L.LightningModule):
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = math.ceil(total * self.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, total, warmup)
-        )
+        scheduler = warmup_cosine_scheduler(optimizer, total, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- training
