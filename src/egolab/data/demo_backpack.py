@@ -49,14 +49,14 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "num_actions": 16,
     "feature_dim": 32,
     "signal_dim": 8,  # dimensions of the action subspace
-    "videos": {"train": 12, "val": 4},
-    "actions_per_video": 60,  # one LTA clip per video: 60 - 22 + 1 = 39 LTA windows
-    "oscc_clips_per_video": 16,
-    "transition_prob": 0.8,
+    "videos": {"train": 48, "val": 12},
+    "actions_per_video": 30,  # one LTA clip per video: 30 - 22 + 1 = 9 windows at Z = 20, 24 at Z = 5
+    "oscc_clips_per_video": 4,
+    "transition_prob": 0.9,
     "signal": 2.0,
     "signal_noise": 0.5,  # noise std inside the action subspace
     "noise": 1.5,  # noise std in the other dimensions
-    "state_change": 2.0,  # size of the state-change direction after the PNR
+    "state_change": 4.0,  # size of the state-change direction after the PNR
     "positive_fraction": 0.5,
     "min_action_features": 3,
     "max_action_features": 6,
