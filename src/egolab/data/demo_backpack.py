@@ -53,7 +53,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "actions_per_video": 30,  # one LTA clip per video: 30 - 22 + 1 = 9 windows at Z = 20, 24 at Z = 5
     "oscc_clips_per_video": 4,
     "transition_prob": 0.9,
-    "signal": 2.0,
+    "signal": 2.5,
     "signal_noise": 0.5,  # noise std inside the action subspace
     "noise": 1.5,  # noise std in the other dimensions
     "state_change": 4.0,  # size of the state-change direction after the PNR
