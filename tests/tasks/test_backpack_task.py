@@ -196,3 +196,36 @@ def test_task_and_data_must_agree_on_tasks():
         BackpackTask.setup(task, "fit")
     with pytest.raises(ValueError, match="no head"):
         BackpackTask(small(["ar"]), torch.optim.Adam, ["pnr"])
+
+
+def test_phase1_logs_its_best_checkpoint_as_a_wandb_artifact_when_online(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    best = tmp_path / "best.ckpt"
+    best.write_bytes(b"weights")
+    logged = []
+
+    class Run:
+        def __init__(self, mode: str) -> None:
+            self.settings = SimpleNamespace(mode=mode)
+
+        def log_artifact(self, artifact) -> None:
+            entries = sorted(artifact.manifest.entries)
+            logged.append((self.settings.mode, artifact.name, artifact.type, entries))
+
+    class FakeWandb(WandbLogger):
+        def __init__(self, mode: str) -> None:
+            self._run = Run(mode)
+
+        @property
+        def experiment(self):
+            return self._run
+
+    task = BackpackTask(small(["lta", "oscc", "pnr"]), torch.optim.Adam, ["pnr", "lta", "oscc"])
+    task.trainer = SimpleNamespace(
+        is_global_zero=True,
+        checkpoint_callbacks=[SimpleNamespace(best_model_path=p) for p in ("", str(best))],
+        loggers=[FakeWandb("offline"), FakeWandb("online")],
+    )
+    BackpackTask.on_fit_end(task)
+    assert logged == [("online", "MTL_lta-oscc-pnr", "model", ["checkpoint.ckpt"])]

@@ -2,7 +2,6 @@
 with LoRA and CrossViewFusion whose predictions.json re-scores to the logged metrics."""
 
 import json
-import math
 from types import SimpleNamespace
 
 import lightning as L

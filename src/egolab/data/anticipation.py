@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from egolab.data.loaders import make_loader
+
 log = logging.getLogger(__name__)
 
 RULSTM_FPS = 30.0
@@ -618,14 +620,13 @@ class AnticipationDataModule(L.LightningDataModule):
     def _loader(self, dataset: AnticipationDataset | None, name: str, training: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"no {name} annotations configured (or setup() was not called)")
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=self.batch_size if training else self.eval_batch_size,
-            shuffle=training,
-            drop_last=training and len(dataset) > self.batch_size,
+            self.batch_size if training else self.eval_batch_size,
+            training,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from egolab.data.features import concat_streams, load_features
+from egolab.data.loaders import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -699,14 +700,13 @@ class LocalizationDataModule(L.LightningDataModule):
                 f"the training set has {len(dataset)} videos, fewer than batch_size={batch_size} "
                 "(the last incomplete batch is dropped, so no step would run)"
             )
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=training,
-            drop_last=training,
+            batch_size,
+            training,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
             collate_fn=LocalizationCollate(self._seq_len(), self.max_div_factor, training=training),
         )
 

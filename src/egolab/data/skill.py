@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from egolab.data.loaders import make_loader
+
 log = logging.getLogger(__name__)
 
 LABEL_NAMES = ("Novice", "Early Expert", "Intermediate Expert", "Late Expert")
@@ -539,14 +541,13 @@ class SkillDataModule(L.LightningDataModule):
         batch_size = self.batch_size if training else self.eval_batch_size
         if training and len(dataset) < batch_size:
             raise ValueError(f"the training set has {len(dataset)} takes, fewer than batch_size={batch_size}")
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=training,
-            drop_last=training,
+            batch_size,
+            training,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
             collate_fn=collate_skill,
         )
 

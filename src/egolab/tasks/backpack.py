@@ -365,13 +365,16 @@ class BackpackTask(L.LightningModule):
         """Phase 1 with W&B online: log the best checkpoint as artifact ``MTL_<tasks>`` (as released)."""
         if self.egopack is not None or not self.trainer.is_global_zero:
             return
-        best = next((c.best_model_path for c in self.trainer.checkpoint_callbacks if c.best_model_path), "")
-        for logger in self.trainer.loggers:
-            run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
-            if run is None or getattr(run.settings, "mode", "offline") != "online" or not best:
-                continue
-            import wandb
+        from lightning.pytorch.loggers import WandbLogger
 
+        best = next((c.best_model_path for c in self.trainer.checkpoint_callbacks if c.best_model_path), "")
+        runs = [logger.experiment for logger in self.trainer.loggers if isinstance(logger, WandbLogger)]
+        online = [run for run in runs if run.settings.mode == "online"]
+        if not best or not online:
+            return
+        import wandb
+
+        for run in online:
             artifact = wandb.Artifact(name="MTL_" + "-".join(sorted(self.tasks)), type="model")
             artifact.add_file(best, name="checkpoint.ckpt")
             run.log_artifact(artifact)
