@@ -505,7 +505,8 @@ class EgoPack(nn.Module):
                 raise ValueError(
                     f"prototypes of {task!r}: expected (P, {self.features_size}), got {tuple(new.shape)}"
                 )
-            setattr(self, self._buffer_name(task), new.detach().to(current.device, current.dtype).clone())
+            # in place: the buffer object stays the one DDP (wrapped before fitting starts) knows
+            current.set_(new.detach().to(current.device, current.dtype).clone())
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -514,7 +515,7 @@ class EgoPack(nn.Module):
         for task in self.support_tasks:
             saved = state_dict.get(prefix + self._buffer_name(task))
             if saved is not None and saved.dim() == 2 and saved.shape[1] == self.features_size:
-                setattr(self, self._buffer_name(task), self.prototypes(task).new_empty(saved.shape))
+                self.prototypes(task).resize_(saved.shape)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
