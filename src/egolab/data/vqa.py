@@ -1,0 +1,515 @@
+"""EgoCross cross-domain egocentric video QA data: ShareGPT / support / testbed readers, prompt, frames.
+
+* Training data is the challenge's ShareGPT json (LLaMA-Factory ``formatting: sharegpt``), a list of::
+
+      {"messages": [{"role": "user", "content": "<image>...<image>Question?\\nA) ...\\nD) ..."},
+                    {"role": "assistant", "content": "A"}],
+       "images": ["/abs/frame1.jpg", ...], "domain": "surgery"}
+
+  :func:`read_sharegpt` also takes LLaMA-Factory's default spelling (``conversations`` with
+  ``from``/``value`` and ``human``/``gpt``), or the column and tag names of a ``dataset_info.json`` entry.
+  :func:`read_support_flattened` turns a participant's flattened support set (``question`` with its
+  options, ``answer`` letter, ``images``) into the same :class:`ShareGPTSample`.
+* The testbed (``egocross_testbed_imgs.json``, 957 questions without answers) is read by
+  :func:`read_testbed`; :func:`closeqa_prompt` builds the official CloseQA prompt of an item.
+* Frames are read by :func:`load_frames`, rescaled like LLaMA-Factory's Qwen2-VL/Qwen3-VL plugin does
+  before the HF processor (:func:`rescaled_size`).
+
+Re-rooting frame paths (:func:`reroot`), applied by every reader when ``image_root`` is given:
+
+* a relative path is joined onto ``image_root`` (onto the json's folder when ``image_root`` is ``None``,
+  as LLaMA-Factory's ``media_dir`` defaults to the dataset folder);
+* an absolute path that exists is kept, and so is any absolute path when ``image_root`` is ``None``;
+* a missing absolute path is moved under ``image_root``: with ``strip_prefix`` (e.g. ``/egocross_testbed``)
+  the part after that prefix is kept; without it, the part from the first folder named after a source
+  dataset (:data:`DATASET_DOMAINS`, e.g. ``EgoPet/022/frames/...``) is kept. So both the testbed
+  (``/egocross_testbed/<Dataset>/...``) and the support set (``/mnt/.../frames/<Dataset>/...``) land at
+  ``<image_root>/<Dataset>/...``. A path matching neither rule is an error naming the file and the item.
+
+Readers check structure and raise errors naming the file and the item (index or id). Whether the frames
+are there is checked separately by :func:`drop_bad_items` (``bad_items="error"`` raises, ``"skip"``
+leaves the whole item out and counts it), and :func:`load_item_frames` names the item when a frame fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from egolab.metrics.vqa import DOMAIN_ORDER
+from egolab.metrics.vqa import DOMAINS as SOURCE_DOMAINS
+from egolab.metrics.vqa import read_testbed as read_testbed_records
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+DOMAINS = DOMAIN_ORDER
+"""The four EgoCross domains, in the leaderboard's order."""
+
+DATASET_DOMAINS = SOURCE_DOMAINS
+"""Source dataset -> domain (one table, :data:`egolab.metrics.vqa.DOMAINS`)."""
+
+IMAGE_PLACEHOLDER = "<image>"
+"""LLaMA-Factory's image placeholder; one per entry of ``images``."""
+
+SHAREGPT_COLUMNS = {"messages": "messages", "images": "images"}
+"""Column names of the challenge's ``dataset_info.json`` entries (what :func:`read_sharegpt` reads first)."""
+
+SHAREGPT_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+}
+"""Tag names of the challenge's files; LLaMA-Factory's defaults (``from``/``value``, ``human``/``gpt``)
+are recognised too."""
+
+_LLAMAFACTORY_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+_SYSTEM_ROLES = ("system",)
+
+OPTION_LETTERS = ("A", "B", "C", "D")
+
+CLOSEQA_TEMPLATE = (
+    "Please carefully read the question and its options, then select the most appropriate answer. "
+    "Question: {question}\n\nOptions:\n{options}"
+    "The original FPS of the video is {original_fps}. "
+    "This image set is obtained by sampling at {sampling_fps} fps."
+    "Respond in JSON format with two fields: 'prediction' (the correct option letter: A, B, C, or D) "
+    "and 'reason' (a short justification of the choice). Do not include any other content.\n\n"
+    "Example response:\n"
+    "{{\n"
+    '    "prediction": "B",\n'
+    '    "reason": "The tool held in the right hand in the last frames is the grasper."\n'
+    "}}\n"
+)
+"""CloseQA prompt in the structure of EgoCross's ``eval_os_closedset.py`` (spec 2.2), including its
+missing separators: the options run straight into "The original FPS", the fps sentence into "Respond"."""
+
+BadItems = Literal["error", "skip"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def canonical_domain(name: str, where: str = "") -> str:
+    """The :data:`DOMAINS` spelling of a domain name given in any case (``surgery`` -> ``Surgery``)."""
+    for domain in DOMAINS:
+        if isinstance(name, str) and name.strip().lower() == domain.lower():
+            return domain
+    raise ValueError(f"{where}: unknown domain {name!r} (expected one of {list(DOMAINS)})")
+
+
+def reroot(
+    path: str, image_root: PathLike | None, base: Path, strip_prefix: str | None = None, where: str = ""
+) -> Path:
+    """Where a frame path of a json lives on this machine (rule in the module docstring)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{where}: frame paths must be non-empty strings, got {path!r}")
+    posix = PurePosixPath(path)
+    if not posix.is_absolute():
+        return (Path(image_root) if image_root is not None else base) / posix
+    if image_root is None or Path(path).exists():
+        return Path(path)
+    if strip_prefix is not None:
+        prefix = PurePosixPath(strip_prefix)
+        if not posix.is_relative_to(prefix):
+            raise ValueError(f"{where}: frame path {path} is not under strip_prefix {strip_prefix}")
+        return Path(image_root) / posix.relative_to(prefix)
+    parts = posix.parts
+    for k, part in enumerate(parts):
+        if part in DATASET_DOMAINS:
+            return Path(image_root).joinpath(*parts[k:])
+    raise ValueError(
+        f"{where}: cannot re-root {path} onto {image_root}: no source dataset folder "
+        f"({sorted(DATASET_DOMAINS)}) in it; pass strip_prefix"
+    )
+
+
+def _read_json_list(path: Path, what: str) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid json ({err})") from err
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of items, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# ShareGPT (training / support set)
+
+
+@dataclass(frozen=True)
+class ShareGPTSample:
+    """One conversation: ``messages`` as ``{"role": user|assistant|system, "content"}``, frames, domain."""
+
+    id: str
+    index: int
+    messages: list[dict[str, str]]
+    images: list[Path]
+    domain: str | None
+
+    @property
+    def answer(self) -> str:
+        """The last assistant reply (the option letter in EgoCross)."""
+        return self.messages[-1]["content"]
+
+
+def _normalise_messages(
+    messages: Any, key: str, tags: Mapping[str, str] | None, where: str
+) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: {key!r} must be a non-empty list of messages")
+    first = messages[0]
+    if tags is None:
+        tags = _LLAMAFACTORY_TAGS if isinstance(first, Mapping) and "from" in first else SHAREGPT_TAGS
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", **{r: r for r in _SYSTEM_ROLES}}
+    out: list[dict[str, str]] = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"{where}: message {k} is not an object")
+        role = roles.get(message.get(tags["role_tag"]))
+        if role is None:
+            raise ValueError(
+                f"{where}: message {k} has role {message.get(tags['role_tag'])!r} under key "
+                f"{tags['role_tag']!r} (expected {tags['user_tag']!r} or {tags['assistant_tag']!r})"
+            )
+        content = message.get(tags["content_tag"])
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"{where}: message {k} has empty or missing {tags['content_tag']!r}")
+        out.append({"role": role, "content": content})
+    turns = out[1:] if out[0]["role"] == "system" else out
+    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
+    if not turns or len(turns) % 2 or [m["role"] for m in turns] != expected[: len(turns)]:
+        raise ValueError(
+            f"{where}: roles must alternate user/assistant and end with assistant "
+            f"(an optional system message first), got {[m['role'] for m in out]}"
+        )
+    return out
+
+
+def read_sharegpt(
+    path: PathLike,
+    image_root: PathLike | None = None,
+    domain: str | None = None,
+    strip_prefix: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[ShareGPTSample]:
+    """Samples of a ShareGPT json; errors name the file and the item index.
+
+    ``columns``/``tags`` are a ``dataset_info.json`` entry's (default: ``messages``/``images`` with
+    ``role``/``content``, or ``conversations`` with ``from``/``value``). ``domain`` is for per-domain files:
+    items whose own ``domain`` differs are left out (counted in the log), the others get ``domain``.
+    """
+    path = Path(path)
+    data = _read_json_list(path, "ShareGPT json")
+    want = None if domain is None else canonical_domain(domain, str(path))
+    samples: list[ShareGPTSample] = []
+    other = 0
+    for index, item in enumerate(data):
+        where = f"{path}: item {index}"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
+        if columns is not None:
+            messages_key, images_key = (
+                columns.get("messages", "conversations"),
+                columns.get("images", "images"),
+            )
+        else:
+            messages_key = "messages" if "messages" in item else "conversations"
+            images_key = "images"
+        messages = _normalise_messages(item.get(messages_key), messages_key, tags, where)
+        images = item.get(images_key, [])
+        if not isinstance(images, list):
+            raise ValueError(f"{where}: {images_key!r} must be a list of paths")
+        placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+        if placeholders != len(images):
+            raise ValueError(
+                f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images "
+                "(LLaMA-Factory needs them equal)"
+            )
+        own = item.get("domain")
+        own = None if own is None else canonical_domain(own, where)
+        if want is not None and own is not None and own != want:
+            other += 1
+            continue
+        samples.append(
+            ShareGPTSample(
+                id=str(item.get("id", f"{path.name}#{index}")),
+                index=index,
+                messages=messages,
+                images=[reroot(p, image_root, path.parent, strip_prefix, where) for p in images],
+                domain=want or own,
+            )
+        )
+    if other:
+        log.info("%s: left out %d items of domains other than %s", path, other, want)
+    return samples
+
+
+_SUPPORT_KEYS = ("domain", "question", "answer", "images")
+
+
+def read_support_flattened(
+    path: PathLike, image_root: PathLike | None = None, strip_prefix: str | None = None
+) -> list[ShareGPTSample]:
+    """Samples of a participant's flattened support set ({domain, question, answer, images} per item).
+
+    The user turn is ``<image>`` once per frame followed by the question (options included, as written);
+    the assistant turn is the answer letter.
+    """
+    path = Path(path)
+    samples: list[ShareGPTSample] = []
+    for index, item in enumerate(_read_json_list(path, "support set json")):
+        where = f"{path}: item {index}"
+        if not isinstance(item, Mapping) or any(key not in item for key in _SUPPORT_KEYS):
+            raise ValueError(f"{where}: expected an object with keys {list(_SUPPORT_KEYS)}")
+        question, answer, images = item["question"], item["answer"], item["images"]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: empty question")
+        if IMAGE_PLACEHOLDER in question:
+            raise ValueError(
+                f"{where}: question already holds {IMAGE_PLACEHOLDER}; read it with read_sharegpt"
+            )
+        if answer not in OPTION_LETTERS:
+            raise ValueError(f"{where}: answer must be one of {list(OPTION_LETTERS)}, got {answer!r}")
+        if not isinstance(images, list) or not images:
+            raise ValueError(f"{where}: images must be a non-empty list of paths")
+        item_id = item.get("id")
+        samples.append(
+            ShareGPTSample(
+                id=str(item_id) if item_id not in (None, "", "unknown") else f"{path.name}#{index}",
+                index=index,
+                messages=[
+                    {"role": "user", "content": IMAGE_PLACEHOLDER * len(images) + question},
+                    {"role": "assistant", "content": answer},
+                ],
+                images=[reroot(p, image_root, path.parent, strip_prefix, where) for p in images],
+                domain=canonical_domain(item["domain"], where),
+            )
+        )
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------
+# Testbed and CloseQA prompt
+
+
+@dataclass(frozen=True)
+class TestbedItem:
+    """One testbed question: options as ``"A: text"`` .. ``"D: text"``, frames re-rooted, fps of the video."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    id: int
+    dataset: str
+    domain: str
+    primary_category: str
+    question_type: str
+    question: str
+    options: tuple[str, ...]
+    original_fps: float
+    frames: tuple[Path, ...]
+
+
+_OPTION = re.compile(r"^([A-D]): \S")
+
+
+def read_testbed(
+    path: PathLike, image_root: PathLike | None = None, strip_prefix: str | None = None
+) -> list[TestbedItem]:
+    """Items of ``egocross_testbed_imgs.json``; errors name the file and the item id."""
+    path = Path(path)
+    items: list[TestbedItem] = []
+    for rec in read_testbed_records(path):  # fields, dataset, options A-D in order, frames, unique ids
+        where = f"{path}: item id {rec['id']}"
+        dataset, options = rec["dataset"], rec["options"]
+        question = rec.get("question_text")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: empty question_text")
+        fps = rec.get("original_video_fps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"{where}: original_video_fps must be a positive number, got {fps!r}")
+        frames = rec["video_path"]
+        items.append(
+            TestbedItem(
+                id=rec["id"],
+                dataset=dataset,
+                domain=DATASET_DOMAINS[dataset],
+                primary_category=str(rec["primary_category"]),
+                question_type=str(rec["question_type"]),
+                question=question,
+                options=tuple(options),
+                original_fps=float(fps),
+                frames=tuple(reroot(p, image_root, path.parent, strip_prefix, where) for p in frames),
+            )
+        )
+    return items
+
+
+def sampling_fps(item: TestbedItem, rule: Literal["frames", "official"] = "frames") -> float:
+    """Frame rate of an item's frames: 1.0 for CholecTrack20 ``.png`` items and EgoSurgery, else 0.5.
+
+    ``rule="official"`` reproduces ``eval_os_closedset.py``, which says 1.0 only for CholecTrack20 ``.png``
+    items (its comment notes EgoSurgery is 1.0 too, but its code writes 0.5 for it).
+    """
+    png = item.frames[0].suffix.lower() == ".png"
+    if item.dataset == "CholecTrack20" and png:
+        return 1.0
+    if item.dataset == "EgoSurgery" and rule == "frames":
+        return 1.0
+    return 0.5
+
+
+def closeqa_prompt(item: TestbedItem, rule: Literal["frames", "official"] = "frames") -> str:
+    """The CloseQA prompt of an item (:data:`CLOSEQA_TEMPLATE`; ``rule`` as in :func:`sampling_fps`)."""
+    return CLOSEQA_TEMPLATE.format(
+        question=item.question,
+        options="\n".join(item.options),
+        original_fps=item.original_fps,
+        sampling_fps=sampling_fps(item, rule),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Frames
+
+
+def _scaled(width: int, height: int, pixels: int) -> tuple[int, int]:
+    factor = math.sqrt(pixels / (width * height))
+    return max(1, int(width * factor)), max(1, int(height * factor))
+
+
+def _qwen_fixes(width: int, height: int) -> list[tuple[int, int]]:
+    """Sizes the Qwen2-VL plugin's fixes pass through: 28-px min side, then sides over 200x cut to 180x."""
+    sizes = []
+    if min(width, height) < 28:
+        width, height = max(width, 28), max(height, 28)
+        sizes.append((width, height))
+    if width / height > 200:
+        width = height * 180
+        sizes.append((width, height))
+    if height / width > 200:
+        height = width * 180
+        sizes.append((width, height))
+    return sizes
+
+
+def rescaled_size(width: int, height: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
+    """Size LLaMA-Factory's Qwen2-VL plugin gives a ``width`` x ``height`` image (spec 2.5).
+
+    Scaled down by sqrt(max/(w*h)) above ``max_pixels``, up by sqrt(min/(w*h)) below ``min_pixels`` (sizes
+    truncated to integers, at least 1 px), then each side raised to at least 28 px, and a side longer than
+    200x the other cut to 180x it.
+    """
+    if width * height > max_pixels:
+        width, height = _scaled(width, height, max_pixels)
+    if width * height < min_pixels:
+        width, height = _scaled(width, height, min_pixels)
+    fixes = _qwen_fixes(width, height)
+    return fixes[-1] if fixes else (width, height)
+
+
+def load_frame(path: PathLike, max_pixels: int, min_pixels: int) -> Image.Image:
+    """One RGB frame resized in LLaMA-Factory's steps (:func:`rescaled_size`); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"frame not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            image = opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read frame {path} ({err})") from err
+    if image.width * image.height > max_pixels:
+        image = image.resize(_scaled(image.width, image.height, max_pixels))
+    if image.width * image.height < min_pixels:
+        image = image.resize(_scaled(image.width, image.height, min_pixels))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    for size in _qwen_fixes(image.width, image.height):
+        image = image.resize(size)
+    return image
+
+
+def load_frames(paths: Sequence[PathLike], max_pixels: int, min_pixels: int) -> list[Image.Image]:
+    """RGB frames of ``paths`` for the processor (:func:`load_frame` on each)."""
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
+    return [load_frame(p, max_pixels, min_pixels) for p in paths]
+
+
+def _frames_of(item: ShareGPTSample | TestbedItem) -> Sequence[Path]:
+    return item.images if isinstance(item, ShareGPTSample) else item.frames
+
+
+def _item_name(item: ShareGPTSample | TestbedItem) -> str:
+    return f"sample {item.id}" if isinstance(item, ShareGPTSample) else f"testbed item {item.id}"
+
+
+def load_item_frames(
+    item: ShareGPTSample | TestbedItem, max_pixels: int, min_pixels: int
+) -> list[Image.Image]:
+    """Frames of a sample or testbed item; a failing frame raises an error naming the file and the item."""
+    try:
+        return load_frames(_frames_of(item), max_pixels, min_pixels)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{_item_name(item)}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{_item_name(item)}: {err}") from err
+
+
+def _frame_problem(path: Path, verify: bool) -> str | None:
+    if not path.is_file():
+        return f"frame not found: {path}"
+    if verify:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            return f"cannot read frame {path} ({err})"
+    return None
+
+
+def drop_bad_items(
+    items: Sequence[ShareGPTSample | TestbedItem], bad_items: BadItems = "error", verify: bool = False
+) -> tuple[list[ShareGPTSample | TestbedItem], list[str]]:
+    """Items whose frames are all present (and, with ``verify``, decodable as images), and the ids left out.
+
+    ``bad_items="error"`` raises at the first bad frame, naming the file and the item; ``"skip"`` leaves
+    the whole item out (never a single frame, which would break the placeholder count) and logs the count.
+    """
+    if bad_items not in ("error", "skip"):
+        raise ValueError(f"bad_items must be 'error' or 'skip', got {bad_items!r}")
+    kept: list[ShareGPTSample | TestbedItem] = []
+    skipped: list[str] = []
+    for item in items:
+        problem = next((p for f in _frames_of(item) if (p := _frame_problem(f, verify))), None)
+        if problem is None:
+            kept.append(item)
+        elif bad_items == "error":
+            error = FileNotFoundError if problem.startswith("frame not found") else ValueError
+            raise error(f"{_item_name(item)}: {problem}")
+        else:
+            skipped.append(str(item.id))
+    if skipped:
+        log.warning(
+            "left out %d of %d items with missing or unreadable frames: %s",
+            len(skipped),
+            len(items),
+            ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+        )
+    return kept, skipped
