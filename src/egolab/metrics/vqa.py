@@ -160,7 +160,7 @@ def closeqa_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {"accuracy": math.nan}
     missing = [r.get("id") for r in records if r.get("answer") is None]
     if missing:
-        raise ValueError(f"{len(missing)} records have no answer, e.g. ids {missing[:5]}")
+        raise ValueError(_missing_message("records have no answer", missing))
     correct = [is_correct(r.get("prediction"), r["answer"]) for r in records]
     out = {"accuracy": _mean(correct)}
     domains = [domain_of(r["dataset"]) for r in records]
@@ -199,6 +199,20 @@ def _load_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{path}: not valid json ({err})") from None
 
 
+def _read_objects(path: Path, what: str, noun: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """A json list of objects that all have ``keys``; errors name the file and the object's id."""
+    objects = _load_json(path, what)
+    if not isinstance(objects, list):
+        raise ValueError(f"{path}: expected a list of {noun}s, got {type(objects).__name__}")
+    for obj in objects:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: {noun} is not an object: {obj!r:.80}")
+        missing = [key for key in keys if key not in obj]
+        if missing:
+            raise ValueError(f"{path}: {noun} {obj.get('id')!r}: missing {missing}")
+    return objects
+
+
 def _check_unique(ids: list[Any], path: Path) -> None:
     seen: set[str] = set()
     duplicates = []
@@ -210,14 +224,10 @@ def _check_unique(ids: list[Any], path: Path) -> None:
         raise ValueError(f"{path}: duplicate ids {duplicates[:5]}")
 
 
-def check_testbed_item(item: Any) -> None:
-    """Raise ValueError when a testbed item lacks a field, has a bad option list or no frames."""
-    if not isinstance(item, dict):
-        raise ValueError(f"item is not an object: {item!r:.80}")
-    where = f"item {item.get('id')!r}"
-    missing = [key for key in TESTBED_KEYS if key not in item]
-    if missing:
-        raise ValueError(f"{where}: missing {missing}")
+def _check_testbed_item(item: Mapping[str, Any]) -> None:
+    """Raise ValueError when a testbed item (with every field) has an unknown dataset, a bad option
+    list or no frames."""
+    where = f"item {item['id']!r}"
     try:
         domain_of(item["dataset"])
     except ValueError as err:
@@ -237,12 +247,10 @@ def read_testbed(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The items of ``egocross_testbed_imgs.json`` (or the answers file), each checked; errors name the
     file and the item id."""
     path = Path(path)
-    items = _load_json(path, "testbed file")
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a list of items, got {type(items).__name__}")
+    items = _read_objects(path, "testbed file", "item", TESTBED_KEYS)
     for item in items:
         try:
-            check_testbed_item(item)
+            _check_testbed_item(item)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     _check_unique([item["id"] for item in items], path)
@@ -256,16 +264,8 @@ def read_answers(path: str | os.PathLike) -> dict[int | str, dict[str, Any]]:
     The letter is stored upper-case and must be one of A-D.
     """
     path = Path(path)
-    items = _load_json(path, "answers file")
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a list of items, got {type(items).__name__}")
     answers: dict[int | str, dict[str, Any]] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            raise ValueError(f"{path}: item is not an object: {item!r:.80}")
-        missing = [key for key in ANSWER_KEYS if key not in item]
-        if missing:
-            raise ValueError(f"{path}: item {item.get('id')!r}: missing {missing}")
+    for item in _read_objects(path, "answers file", "item", ANSWER_KEYS):
         letter = item["correct_option_letter"]
         if not isinstance(letter, str) or letter.strip().upper() not in LETTERS:
             raise ValueError(
@@ -291,7 +291,7 @@ def join_answers(
     by_key = {_key(i): a for i, a in answers.items()}
     missing = [item["id"] for item in items if _key(item["id"]) not in by_key]
     if missing:
-        raise ValueError(f"{len(missing)} items have no answer, e.g. ids {missing[:5]}")
+        raise ValueError(_missing_message("items have no answer", missing))
     out = []
     for item in items:
         answer = by_key[_key(item["id"])]
@@ -481,15 +481,8 @@ def read_submission(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a challenge submission (or its template), each with ``id``, ``question_id``,
     ``dataset`` and a string ``answer``."""
     path = Path(path)
-    rows = _load_json(path, "submission file")
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a list of {{id, question_id, dataset, answer}} rows")
+    rows = _read_objects(path, "submission file", "row", SUBMISSION_KEYS)
     for row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: row is not an object: {row!r:.80}")
-        missing = [key for key in SUBMISSION_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"{path}: row {row.get('id')!r}: missing {missing}")
         if not isinstance(row["answer"], str):
             raise ValueError(f"{path}: row {row['id']!r}: answer {row['answer']!r} is not a string")
     _check_unique([row["id"] for row in rows], path)
