@@ -1,11 +1,11 @@
 """Prototype commands: phrases, language prototypes of the real EK100 actions (offline), visual means."""
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 from egolab.prototypes import (
     ENCODINGS_FILE,
@@ -16,9 +16,7 @@ from egolab.prototypes import (
     visual_prototypes,
 )
 
-EK100 = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "epic_kitchens_100"
-)  # shared/ beside the repo
+EK100 = SHARED_DATA / "epic_kitchens_100"
 
 
 def test_action_phrases():
@@ -34,7 +32,7 @@ def test_action_phrases():
 def test_language_prototypes_of_the_real_ek100_actions(tmp_path):
     """All 3,806 RULSTM EK100 actions encoded by the offline MiniLM package (no network; ~30 s on 2 cores)."""
     actions = EK100 / "rulstm_ek100" / "actions.csv"
-    assert actions.is_file(), f"real EK100 actions.csv not found at {actions} (shared/ beside the repo)"
+    require_shared(actions)
     start = time.perf_counter()
     assert main(["language", "--actions", str(actions), "--out", str(tmp_path)]) == 0
     elapsed = time.perf_counter() - start

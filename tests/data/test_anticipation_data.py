@@ -6,6 +6,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 from egolab.data.anticipation import (
     ActionTable,
@@ -22,20 +23,13 @@ from egolab.data.anticipation import (
 )
 from egolab.data.demo_anticipation import make_demo_anticipation
 
-EK100 = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "epic_kitchens_100"
-)  # shared/ beside the repo
+EK100 = SHARED_DATA / "epic_kitchens_100"
 SMALL_DEMO = {
     "videos": {"train": ["P01_01", "P02_01"], "validation": ["P03_01"], "test": ["P04_01"]},
     "segments_per_video": 12,
     "num_actions": 10,
     "feat_dim": 8,
 }
-
-
-def require_ek100() -> Path:
-    assert EK100.is_dir(), f"real EK100 files not found at {EK100} (shared/ beside the repo)"
-    return EK100
 
 
 def write_lmdb(path: Path, entries: dict[str, np.ndarray]) -> Path:
@@ -73,7 +67,7 @@ def test_timestamps():
 
 
 def test_real_ek100_actions_and_annotations():
-    root = require_ek100()
+    root = require_shared(EK100)
     actions = ActionTable.from_csv(root / "rulstm_ek100" / "actions.csv")
     assert (actions.num_actions, actions.num_verbs, actions.num_nouns) == (3806, 97, 300)
     assert actions.names[3] == "take wrap:plastic" and actions.action_of(0, 100) == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 from torch_geometric.loader import DataLoader as GraphLoader
 
 from egolab.data.backpack import (
@@ -28,7 +29,7 @@ from egolab.data.backpack import (
 )
 from egolab.data.demo_backpack import make_demo_backpack
 
-FHO = Path(__file__).resolve().parents[3] / "shared" / "data" / "ego4d" / "fho"  # shared/ beside the repo
+FHO = SHARED_DATA / "ego4d" / "fho"
 TAXONOMY = Taxonomy(["take", "put", "cut", "wash"], ["knife", "cup", "pan", "plate", "bowl"])
 SMALL_DEMO = {
     "videos": {"train": 3, "val": 1},
@@ -36,12 +37,6 @@ SMALL_DEMO = {
     "oscc_clips_per_video": 6,
     "feature_dim": 16,
 }
-
-
-def require_fho() -> Path:
-    if not FHO.is_dir():
-        pytest.skip(f"real Ego4D FHO sample files not found at {FHO} (shared/ beside the repo)")
-    return FHO
 
 
 def write_json(path: Path, clips: list[dict]) -> Path:
@@ -354,7 +349,7 @@ def test_pnr_training_crop_keeps_the_pnr(data, monkeypatch):
 def test_real_taxonomy_and_lta_samples(tmp_path):
     from egolab.data.backpack import load_taxonomy
 
-    fho = require_fho()
+    fho = require_shared(FHO)
     taxonomy = load_taxonomy(fho / "fho_lta_taxonomy.json")
     assert (taxonomy.num_verbs, taxonomy.num_nouns) == (115, 478)
     train = read_fho_actions(fho / "fho_lta_train_sample.json", taxonomy)
@@ -385,7 +380,7 @@ def test_real_taxonomy_and_lta_samples(tmp_path):
 
 
 def test_real_oscc_samples():
-    fho = require_fho()
+    fho = require_shared(FHO)
     train = read_oscc_clips(fho / "fho_oscc-pnr_train_sample.json")
     assert [(c.start_frame, c.end_frame, c.state_change, c.pnr_frame) for c in train] == [
         (74, 314, 1, 184.0),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 import egolab.data.localization as loc
 from egolab.data.demo_localization import DEMO_DEFAULTS, make_demo_localization
@@ -20,9 +21,7 @@ from egolab.data.localization import (
     truncate_feats,
 )
 
-THUMOS_JSON = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "thumos14" / "thumos14_actionformer.json"
-)
+THUMOS_JSON = SHARED_DATA / "thumos14" / "thumos14_actionformer.json"
 THUMOS_CFG = {"feat_stride": 4, "num_frames": 16, "num_classes": 20, "max_seq_len": 2304}
 
 
@@ -431,7 +430,7 @@ def test_data_module_built_datasets_and_reproducible_workers(tmp_path):
 
 @pytest.fixture(scope="module")
 def thumos(tmp_path_factory):
-    assert THUMOS_JSON.is_file(), f"real THUMOS14 json not found at {THUMOS_JSON} (shared/ beside the repo)"
+    require_shared(THUMOS_JSON)
     database = json.loads(THUMOS_JSON.read_text())["database"]
     root = tmp_path_factory.mktemp("thumos")
     for vid, entry in database.items():

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 from egolab.data.demo_skill import make_demo_skill
 from egolab.data.skill import (
@@ -29,9 +30,8 @@ from egolab.data.skill import (
     window_length,
 )
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-VIDEOS = SHARED / "videos"
-DOCS = SHARED / "ego4d" / "egoexo4d_docs_annotations_proficiency_estimation.md"
+VIDEOS = SHARED_DATA / "videos"
+DOCS = SHARED_DATA / "ego4d" / "egoexo4d_docs_annotations_proficiency_estimation.md"
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 SMALL_DEMO = {"num_takes": {"train": 8, "val": 8, "test": 8}, "num_views": 3, "num_frames": 40}
 
@@ -52,7 +52,7 @@ def dataset(root: Path, split: str = "train", **kwargs) -> SkillDataset:
 # ------------------------------------------------------------------------------------------ annotations
 def documented_record() -> dict:
     """The demonstrator sample record of the official docs (its trailing `...` removed)."""
-    assert DOCS.is_file(), f"official proficiency docs not found at {DOCS} (shared/ beside the repo)"
+    require_shared(DOCS)
     text = DOCS.read_text().split("## Demonstrator Annotations", 1)[1]
     block = re.search(r"```json\s*\[(.*?)\]\s*```", text, re.S).group(1)
     return json.loads(block.replace("...", "").strip().rstrip(","))
@@ -121,7 +121,7 @@ def test_sampling_indices_hand_computed():
 def test_decord_reads_the_real_clips_like_pyav():
     for name, count in [("mmaction2_tests_data_test.mp4", 300), ("lavila_ego4d_3c0dffd0_012_014.mp4", 60)]:
         path = VIDEOS / name
-        assert path.is_file(), f"real clip not found at {path} (shared/ beside the repo)"
+        require_shared(path)
         reader = open_video(path, "t")
         assert len(reader) == count
         frames = read_frames(path, [0, 7, count - 1], "t", reader)
@@ -137,7 +137,8 @@ def test_decord_reads_the_real_clips_like_pyav():
 def test_preprocessing_matches_the_checkpoint_processor():
     from transformers import VideoMAEImageProcessor
 
-    frames = read_frames(VIDEOS / "lavila_ego4d_3c0dffd0_012_014.mp4", [0, 20, 40], "t")  # 384 x 288
+    clip = require_shared(VIDEOS / "lavila_ego4d_3c0dffd0_012_014.mp4")  # 384 x 288
+    frames = read_frames(clip, [0, 20, 40], "t")
     processor = VideoMAEImageProcessor(
         size={"shortest_edge": 224},
         crop_size={"height": 224, "width": 224},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, require_shared
 from PIL import Image
 
 from egolab.data.vqa import (
@@ -26,21 +27,15 @@ from egolab.data.vqa import (
     sampling_fps,
 )
 
-EGOCROSS = Path(__file__).resolve().parents[3] / "shared" / "data" / "egocross"
+EGOCROSS = SHARED_DATA / "egocross"
 TESTBED = EGOCROSS / "egocross_testbed_imgs.json"
 SUPPORT = EGOCROSS / "support_set_flattened.json"
 DATASET_INFO = EGOCROSS / "dataset_info_egocross.json"
 
 
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real EgoCross file not available: {path}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def testbed() -> list:
-    return read_testbed(_need(TESTBED))
+    return read_testbed(require_shared(TESTBED))
 
 
 def _write(path: Path, data: object) -> Path:
@@ -73,7 +68,7 @@ def test_real_testbed_counts(testbed: list) -> None:
 
 
 def test_real_testbed_reroot(tmp_path: Path) -> None:
-    items = read_testbed(_need(TESTBED), image_root=tmp_path)
+    items = read_testbed(require_shared(TESTBED), image_root=tmp_path)
     first = items[0].frames[0]
     assert first == tmp_path / "CholecTrack20/generated/VID01/frames/oc_q1/frame_00000.jpg"
     stripped = read_testbed(TESTBED, image_root=tmp_path, strip_prefix="/egocross_testbed")
@@ -93,7 +88,7 @@ def test_real_testbed_reroot(tmp_path: Path) -> None:
 
 
 def test_real_support_set(tmp_path: Path) -> None:
-    samples = read_support_flattened(_need(SUPPORT), image_root=tmp_path)
+    samples = read_support_flattened(require_shared(SUPPORT), image_root=tmp_path)
     assert len(samples) == 80
     assert Counter(s.domain for s in samples) == {d: 20 for d in ("Surgery", "Industry", "XSports", "Animal")}
     for sample in samples:
@@ -103,12 +98,12 @@ def test_real_support_set(tmp_path: Path) -> None:
 
 
 def test_dataset_info_matches_reader(tmp_path: Path) -> None:
-    entries = json.loads(_need(DATASET_INFO).read_text())
+    entries = json.loads(require_shared(DATASET_INFO).read_text())
     assert set(entries) == {
         "egocross",
         *(f"egocross_{d}" for d in ("animal", "industry", "xsports", "surgery")),
     }
-    samples = read_support_flattened(_need(SUPPORT))
+    samples = read_support_flattened(require_shared(SUPPORT))
     for name, entry in entries.items():
         assert entry["formatting"] == "sharegpt"
         assert entry["columns"] == SHAREGPT_COLUMNS and entry["tags"] == SHAREGPT_TAGS

@@ -1,10 +1,10 @@
 """Anticipation metrics on hand-worked cases, and EK100's tail definition on the real RULSTM files."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, require_shared
 
 from egolab.metrics.anticipation import (
     anticipation_metrics,
@@ -16,9 +16,7 @@ from egolab.metrics.anticipation import (
     topk_accuracy,
 )
 
-EK100 = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "epic_kitchens_100"
-)  # shared/ beside the repo
+EK100 = SHARED_DATA / "epic_kitchens_100"
 
 # 4 samples, 4 classes; rankings (best first): s0 [0,1,2,3], s1 [3,2,1,0], s2 [1,0,2,3], s3 [2,3,0,1]
 SCORES = np.array(
@@ -112,7 +110,7 @@ def test_score_predictions_file_round_trip(tmp_path):
 
 def test_tail_and_unseen_definitions_reproduce_rulstm_id_lists():
     """EK100 val: tail actions = verb or noun in the EPIC tail lists; unseen = EPIC unseen participants."""
-    assert EK100.is_dir(), f"real EK100 files not found at {EK100} (shared/ beside the repo)"
+    require_shared(EK100)
     val = np.genfromtxt(EK100 / "rulstm_ek100" / "validation.csv", delimiter=",", dtype=str)
     uid, video = val[:, 0], val[:, 1]
     verb, noun, action = (val[:, i].astype(int) for i in (4, 5, 6))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 
 from egolab.metrics.localization import (
     ANET_TIOU_THRESHOLDS,
@@ -27,7 +28,7 @@ from egolab.metrics.localization import (
     topkx_recall_detection,
 )
 
-ANET_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "activitynet"  # shared/ beside the repo
+ANET_DIR = SHARED_DATA / "activitynet"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -661,6 +662,7 @@ def test_cli_rejects_bad_files(tmp_path, small_files, capsys):
 
 def load_sample_submission() -> tuple[dict, dict, set[str]]:
     """BSN's ActivityNet-1.3 annotations (ids without the 'v_' prefix) and the official sample submission."""
+    require_shared(ANET_DIR)
     anno = json.loads((ANET_DIR / "bsn" / "anet_anno_action.json").read_text())
     with open(ANET_DIR / "bsn" / "video_info_new.csv", newline="") as f:
         subset = {row["video"]: row["subset"] for row in csv.DictReader(f)}

@@ -5,9 +5,9 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, require_shared
 
 from egolab.metrics.vqa import (
     DOMAINS,
@@ -29,7 +29,7 @@ from egolab.metrics.vqa import (
     write_submission,
 )
 
-EGOCROSS = Path(__file__).resolve().parents[3] / "shared" / "data" / "egocross"
+EGOCROSS = SHARED_DATA / "egocross"
 
 
 def reply(letter):
@@ -370,10 +370,7 @@ def test_cli_on_predictions_and_submission(tmp_path, capsys):
 
 
 def real_file(name):
-    path = EGOCROSS / name
-    if not path.is_file():
-        pytest.skip(f"EgoCross file not available: {path}")
-    return path
+    return require_shared(EGOCROSS / name)
 
 
 def test_real_testbed_counts():
