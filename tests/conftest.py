@@ -1,6 +1,5 @@
 """Shared fixtures: demo data generated once per session, outputs in a temporary folder, one torch
-thread for in-process model tests, the modules a subprocess ends up importing, and the real files of
-../shared/data (skipped in a user's clone, required in CI)."""
+thread for in-process model tests, and the modules a subprocess ends up importing."""
 
 import os
 import subprocess
@@ -12,19 +11,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-"""Real public annotation files, class lists and clips beside the repository (absent in a user's clone)."""
-
-
-def require_shared(path: Path) -> Path:
-    """``path`` (under :data:`SHARED_DATA`) when it exists; otherwise skip the test with the reason, or
-    fail it when ``EGOLAB_REQUIRE_SHARED=1`` (``.ci/run``, where ../shared must be there)."""
-    if not path.exists():
-        message = f"real data not found at {path} (../shared beside the repository)"
-        if os.environ.get("EGOLAB_REQUIRE_SHARED") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.prototypes import (
     ENCODINGS_FILE,

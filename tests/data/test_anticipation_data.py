@@ -6,7 +6,7 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.data.anticipation import (
     ActionTable,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 from torch_geometric.loader import DataLoader as GraphLoader
 
 from egolab.data.backpack import (

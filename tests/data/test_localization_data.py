@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 import egolab.data.localization as loc
 from egolab.data.demo_localization import DEMO_DEFAULTS, make_demo_localization

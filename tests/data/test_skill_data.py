@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.data.demo_skill import make_demo_skill
 from egolab.data.skill import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, require_shared
 from PIL import Image
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.data.vqa import (
     IMAGE_PLACEHOLDER,

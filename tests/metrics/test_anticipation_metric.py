@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.metrics.anticipation import (
     anticipation_metrics,

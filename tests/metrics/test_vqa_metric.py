@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SHARED_DATA, require_shared
+from shared_data import SHARED_DATA, require_shared
 
 from egolab.metrics.vqa import (
     DOMAINS,
