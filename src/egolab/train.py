@@ -74,7 +74,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     last = last_checkpoint(run_dir)
-    if cfg.test_only:
+    if cfg.get("zero_shot"):
+        log.info("zero_shot: testing the model as built, without fitting or a checkpoint")
+        test_ckpt = None
+    elif cfg.test_only:
         if last is None:
             raise FileNotFoundError(f"test_only: no checkpoint at {run_dir}/checkpoints/last.ckpt")
         test_ckpt = str(last)

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import lightning as L
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from egolab.metrics.vqa import DOMAIN_ORDER
@@ -96,6 +98,7 @@ CLOSEQA_TEMPLATE = (
 missing separators: the options run straight into "The original FPS", the fps sentence into "Respond"."""
 
 BadItems = Literal["error", "skip"]
+SPLITS_ALL = ("train", "val", "test")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -513,3 +516,456 @@ def drop_bad_items(
             ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
         )
     return kept, skipped
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts of the testbed, datasets
+
+
+PROMPT_STYLES = ("closeqa", "letter")
+"""``closeqa``: the official prompt (json reply); ``letter``: the challenge baseline's question followed by
+``A) text`` lines, as in its ShareGPT training files and vLLM inference (a bare letter reply)."""
+
+VIDEO_PLACEHOLDER = "<video>"
+
+
+def letter_prompt(item: TestbedItem) -> str:
+    """The question with one ``A) text`` line per option (the challenge baseline's format)."""
+    lines = [f"{option[0]}) {option[2:].strip()}" for option in item.options]
+    return item.question.rstrip() + "\n" + "\n".join(lines)
+
+
+class ConversationDataset:
+    """ShareGPT samples for training: messages, the frames (rescaled as LLaMA-Factory does) and the domain."""
+
+    def __init__(self, samples: Sequence[ShareGPTSample], max_pixels: int, min_pixels: int) -> None:
+        self.samples = list(samples)
+        self.max_pixels = max_pixels
+        self.min_pixels = min_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        return {
+            "id": sample.id,
+            "messages": sample.messages,
+            "images": load_item_frames(sample, self.max_pixels, self.min_pixels),
+            "video": None,
+            "meta": {"id": sample.id, "domain": sample.domain},
+        }
+
+
+class TestbedDataset:
+    """Testbed items as one user turn: the frames (as images, or as one video at the sampling fps) before
+    the prompt; ``meta`` carries what a prediction record needs, with the answer when ``answers`` has it."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        items: Sequence[TestbedItem],
+        answers: Mapping[Any, Mapping[str, Any]] | None,
+        max_pixels: int,
+        min_pixels: int,
+        prompt_style: str = "closeqa",
+        frames_as: Literal["images", "video"] = "images",
+        fps_rule: Literal["frames", "official"] = "frames",
+    ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+        if frames_as not in ("images", "video"):
+            raise ValueError(f"frames_as must be 'images' or 'video', got {frames_as!r}")
+        self.items = list(items)
+        self.answers = {str(k): v for k, v in (answers or {}).items()}
+        if answers is not None:
+            missing = [item.id for item in self.items if str(item.id) not in self.answers]
+            if missing:
+                raise ValueError(f"{len(missing)} testbed items have no answer, e.g. ids {missing[:5]}")
+        self.max_pixels = max_pixels
+        self.min_pixels = min_pixels
+        self.prompt_style = prompt_style
+        self.frames_as = frames_as
+        self.fps_rule = fps_rule
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def prompt(self, item: TestbedItem) -> str:
+        return closeqa_prompt(item, self.fps_rule) if self.prompt_style == "closeqa" else letter_prompt(item)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        frames = load_item_frames(item, self.max_pixels, self.min_pixels)
+        as_video = self.frames_as == "video"
+        media = VIDEO_PLACEHOLDER if as_video else IMAGE_PLACEHOLDER * len(frames)
+        answer = self.answers.get(str(item.id), {})
+        return {
+            "id": item.id,
+            "messages": [{"role": "user", "content": media + self.prompt(item)}],
+            "images": [] if as_video else frames,
+            "video": (frames, sampling_fps(item, self.fps_rule)) if as_video else None,
+            "meta": {
+                "id": item.id,
+                "dataset": item.dataset,
+                "primary_category": item.primary_category,
+                "question_type": item.question_type,
+                "answer": answer.get("correct_option_letter"),
+                "question_id": answer.get("question_id"),
+            },
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoding for Qwen-VL: LLaMA-Factory's qwen3_vl(_nothink) ChatML, labels on the assistant turns only
+
+
+TEMPLATES = ("nothink", "think")
+THINK_PREFIX = "<think>\n\n</think>\n\n"
+"""What LLaMA-Factory's ``qwen3_vl`` (reasoning) template puts before a response without thoughts."""
+
+IGNORE_INDEX = -100
+
+
+def chatml_pieces(messages: Sequence[Mapping[str, str]], template: str = "nothink") -> list[tuple[str, bool]]:
+    """``(text, trained)`` pieces of a conversation in LLaMA-Factory's ``qwen3_vl_nothink`` ChatML format.
+
+    ``template="think"`` is ``qwen3_vl`` as the challenge baseline ran it: each response gets an empty
+    ``<think>`` block first (which is then trained). No system turn is added (the templates have no
+    default system prompt).
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    pieces = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            pieces.append((f"<|im_start|>system\n{content}<|im_end|>\n", False))
+        elif role == "user":
+            pieces.append((f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n", False))
+        else:
+            think = THINK_PREFIX if template == "think" and "<think>" not in content else ""
+            pieces.append((f"{think}{content}<|im_end|>\n", True))
+    return pieces
+
+
+def letter_candidates(
+    tokenizer: Any, prefix: str, letters: Sequence[str] = OPTION_LETTERS
+) -> tuple[list, list]:
+    """(context ids, one token id per letter): the common tokens of ``prefix + letter`` for every letter, and
+    the first token where each letter's tokenisation departs from it (e.g. ``"B`` in a json answer)."""
+    seqs = [tokenizer(prefix + letter, add_special_tokens=False)["input_ids"] for letter in letters]
+    common = 0
+    while all(len(s) > common for s in seqs) and len({s[common] for s in seqs}) == 1:
+        common += 1
+    if any(len(s) <= common for s in seqs):
+        raise ValueError(f"answer prefix {prefix!r}: a letter adds no token of its own")
+    firsts = [s[common] for s in seqs]
+    if len(set(firsts)) != len(firsts):
+        raise ValueError(f"answer prefix {prefix!r}: letters share a first token ({firsts})")
+    return seqs[0][:common], firsts
+
+
+class QwenVLCollator:
+    """Batches of examples (from :class:`ConversationDataset` or :class:`TestbedDataset`) for Qwen-VL.
+
+    Each text piece of :func:`chatml_pieces` is encoded on its own, like LLaMA-Factory's
+    ``encode_multiturn``: user pieces through the HF processor, which expands every ``<image>`` (written as
+    ``<|vision_start|><|image_pad|><|vision_end|>``) into its patch tokens and a ``<video>`` into per-group
+    timestamps and patch tokens; responses through the tokenizer, as labels. Training batches are right
+    padded and carry ``labels`` (-100 on prompts and padding); evaluation batches (``training=False``, the
+    last turn is the user's) are left padded for generation and also carry ``score_*`` inputs: the prompt
+    followed by the common prefix of the answer (``answer_prefix``, after the empty think block with
+    ``template="think"``), where :meth:`egolab.models.qwen_vl.QwenVL.letter_probs` reads the letters.
+    A sequence longer than ``cutoff_len`` is an error naming the item (cutting it would cut image tokens).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        training: bool,
+        template: str = "nothink",
+        answer_prefix: str = "",
+        cutoff_len: int = 32768,
+        system_prompt: str | None = None,
+    ) -> None:
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.training = training
+        self.template = template
+        self.cutoff_len = cutoff_len
+        self.system_prompt = system_prompt
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            raise ValueError("the processor's tokenizer has no pad token")
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.video_token_id = self.tokenizer.convert_tokens_to_ids(processor.video_token)
+        think = THINK_PREFIX if template == "think" else ""
+        self.score_context, self.letter_token_ids = letter_candidates(self.tokenizer, think + answer_prefix)
+
+    def _encode_prompt(self, text: str, images: list, video: tuple | None, where: str) -> dict[str, Any]:
+        text = text.replace(IMAGE_PLACEHOLDER, "<|vision_start|><|image_pad|><|vision_end|>")
+        kwargs: dict[str, Any] = {}
+        if VIDEO_PLACEHOLDER in text:
+            if video is None or text.count(VIDEO_PLACEHOLDER) != 1:
+                raise ValueError(f"{where}: a {VIDEO_PLACEHOLDER} placeholder needs exactly one video")
+            frames, fps = video
+            text = text.replace(VIDEO_PLACEHOLDER, self.processor.video_token)
+            kwargs["videos"] = [frames]
+            kwargs["videos_kwargs"] = {
+                "do_sample_frames": False,
+                "video_metadata": [
+                    {"fps": fps, "total_num_frames": len(frames), "frames_indices": list(range(len(frames)))}
+                ],
+            }
+        out = self.processor(text=[text], images=images or None, return_tensors="pt", **kwargs)
+        return out
+
+    def encode(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        """Token ids, labels and vision tensors of one example."""
+        where = f"item {example['id']}"
+        images = list(example["images"])
+        ids: list[int] = []
+        labels: list[int] = []
+        vision: dict[str, list[torch.Tensor]] = {}
+        messages = list(example["messages"])
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        for text, trained in chatml_pieces(messages, self.template):
+            if trained:
+                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids += tokens
+                labels += tokens
+                continue
+            count = text.count(IMAGE_PLACEHOLDER)
+            piece_images, images = images[:count], images[count:]
+            out = self._encode_prompt(text, piece_images, example.get("video"), where)
+            tokens = out["input_ids"][0].tolist()
+            ids += tokens
+            labels += [IGNORE_INDEX] * len(tokens)
+            for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+                if key in out:
+                    vision.setdefault(key, []).append(out[key])
+        if images:
+            raise ValueError(
+                f"{where}: {len(images)} images left over after the {IMAGE_PLACEHOLDER} placeholders"
+            )
+        if len(ids) > self.cutoff_len:
+            raise ValueError(f"{where}: {len(ids)} tokens exceed cutoff_len {self.cutoff_len}")
+        return {"ids": ids, "labels": labels, "vision": vision}
+
+    def _mm_types(self, ids: torch.Tensor) -> torch.Tensor:
+        types = torch.zeros_like(ids)
+        types[ids == self.image_token_id] = 1
+        types[ids == self.video_token_id] = 2
+        return types
+
+    def _pad(self, rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if left:
+                out[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            else:
+                out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    def _inputs(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = self._pad(rows, self.pad_id, left)
+        mask = self._pad([[1] * len(r) for r in rows], 0, left)
+        return ids, mask, self._mm_types(ids) * mask
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        encoded = [self.encode(example) for example in examples]
+        batch: dict[str, Any] = {"meta": [example["meta"] for example in examples]}
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+            parts = [t for e in encoded for t in e["vision"].get(key, [])]
+            if parts:
+                batch[key] = torch.cat(parts)
+        rows = [e["ids"] for e in encoded]
+        if self.training:
+            if all(label == IGNORE_INDEX for e in encoded for label in e["labels"]):
+                raise ValueError(f"items {[e['id'] for e in examples]}: no assistant tokens to train on")
+            batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"] = self._inputs(
+                rows, False
+            )
+            batch["labels"] = self._pad([e["labels"] for e in encoded], IGNORE_INDEX, left=False)
+            return batch
+        if any(t for e in encoded for t in e["labels"] if t != IGNORE_INDEX):
+            raise ValueError("evaluation examples must end with the user's turn")
+        batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"] = self._inputs(rows, True)
+        scored = [r + self.score_context for r in rows]
+        batch["score_input_ids"], batch["score_attention_mask"], batch["score_mm_token_type_ids"] = (
+            self._inputs(scored, True)
+        )
+        batch["letter_token_ids"] = torch.tensor(self.letter_token_ids, dtype=torch.long)
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data module
+
+
+class VQADataModule(L.LightningDataModule):
+    """ShareGPT training files and testbed-format val/test files, encoded for Qwen-VL.
+
+    Files are relative to ``root``; frames are re-rooted onto ``image_root`` (rule in the module docstring).
+    ``train_files`` are ShareGPT json (``train_format="sharegpt"``) or participants' flattened support sets
+    (``"support_flattened"``); ``domain`` keeps one domain of the training files and of the val/test items.
+    ``val_answers``/``test_answers`` (the official answers format) join the letters by id; without them the
+    run writes predictions and a submission but no accuracy. ``processor`` is the HF processor (hub name or
+    folder) that encodes batches; ``demo`` (optional callable) makes the demo data in :meth:`prepare_data`.
+    ``bad_items="skip"`` leaves out (and counts) items with a missing or unreadable frame.
+    """
+
+    def __init__(
+        self,
+        processor: str,
+        root: str | os.PathLike = ".",
+        train_files: Sequence[str] | None = None,
+        train_format: Literal["sharegpt", "support_flattened"] = "sharegpt",
+        val_file: str | None = None,
+        val_answers: str | None = None,
+        test_file: str | None = None,
+        test_answers: str | None = None,
+        domain: str | None = None,
+        image_root: str | os.PathLike | None = None,
+        strip_prefix: str | None = None,
+        frames_as: Literal["images", "video"] = "images",
+        prompt_style: str = "closeqa",
+        fps_rule: Literal["frames", "official"] = "frames",
+        template: str = "nothink",
+        answer_prefix: str = "",
+        system_prompt: str | None = None,
+        image_max_pixels: int = 360000,
+        image_min_pixels: int = 50176,
+        video_max_pixels: int = 360000,
+        cutoff_len: int = 32768,
+        bad_items: BadItems = "error",
+        demo: Any = None,
+        batch_size: int = 1,
+        eval_batch_size: int = 4,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if train_format not in ("sharegpt", "support_flattened"):
+            raise ValueError(f"train_format must be 'sharegpt' or 'support_flattened', got {train_format!r}")
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        self.processor_name = processor
+        self.root = Path(root)
+        self.train_files = [self.root / f for f in train_files or []]
+        self.train_format = train_format
+        self.eval_files = {
+            "val": (val_file, val_answers),
+            "test": (test_file, test_answers),
+        }
+        self.domain = None if domain is None else canonical_domain(domain, "data.domain")
+        self.image_root = image_root
+        self.strip_prefix = strip_prefix
+        self.frames_as = frames_as
+        self.prompt_style = prompt_style
+        self.fps_rule = fps_rule
+        self.template = template
+        self.answer_prefix = answer_prefix
+        self.system_prompt = system_prompt
+        self.pixels = {
+            "images": (image_max_pixels, image_min_pixels),
+            "video": (video_max_pixels, image_min_pixels),
+        }
+        self.cutoff_len = cutoff_len
+        self.bad_items = bad_items
+        self.demo = demo
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.processor: Any = None
+        self.datasets: dict[str, ConversationDataset | TestbedDataset] = {}
+        self.skipped: dict[str, list[str]] = {}
+
+    def prepare_data(self) -> None:
+        """Generate the demo data if configured (Lightning runs this once per node)."""
+        if self.demo is not None:
+            self.demo()
+
+    def _train_dataset(self) -> ConversationDataset:
+        if not self.train_files:
+            raise ValueError("fitting needs data.train_files (ShareGPT json files)")
+        samples: list[ShareGPTSample] = []
+        for path in self.train_files:
+            if self.train_format == "sharegpt":
+                samples += read_sharegpt(path, self.image_root, self.domain, self.strip_prefix)
+            else:
+                own = read_support_flattened(path, self.image_root, self.strip_prefix)
+                samples += [s for s in own if self.domain is None or s.domain == self.domain]
+        if not samples:
+            raise ValueError(f"no training samples in {self.train_files} (domain {self.domain})")
+        kept, self.skipped["train"] = drop_bad_items(samples, self.bad_items)
+        return ConversationDataset(kept, *self.pixels["images"])
+
+    def _eval_dataset(self, split: str) -> TestbedDataset | None:
+        file, answers_file = self.eval_files[split]
+        if file is None:
+            return None
+        items = read_testbed(self.root / file, self.image_root, self.strip_prefix)
+        if self.domain is not None:
+            items = [item for item in items if item.domain == self.domain]
+        answers = None
+        if answers_file is not None:
+            from egolab.metrics.vqa import read_answers
+
+            answers = read_answers(self.root / answers_file)
+        kept, self.skipped[split] = drop_bad_items(items, self.bad_items)
+        max_pixels, min_pixels = self.pixels[self.frames_as]
+        return TestbedDataset(
+            kept, answers, max_pixels, min_pixels, self.prompt_style, self.frames_as, self.fps_rule
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the processor and build the datasets the stage needs (fit: train + val; test: test)."""
+        if self.processor is None:
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(self.processor_name)
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", SPLITS_ALL
+        )
+        for split in splits:
+            if split not in self.datasets:
+                dataset = self._train_dataset() if split == "train" else self._eval_dataset(split)
+                if dataset is not None:
+                    self.datasets[split] = dataset
+
+    def _collator(self, training: bool) -> QwenVLCollator:
+        return QwenVLCollator(
+            self.processor, training, self.template, self.answer_prefix, self.cutoff_len, self.system_prompt
+        )
+
+    def _loader(self, split: str) -> Any:
+        from egolab.data.loaders import make_loader
+
+        training = split == "train"
+        return make_loader(
+            self.datasets[split],
+            self.batch_size if training else self.eval_batch_size,
+            training,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=self._collator(training),
+        )
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train")
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> Any:
+        if "test" not in self.datasets:
+            raise ValueError("testing needs data.test_file (a testbed-format json)")
+        return self._loader("test")

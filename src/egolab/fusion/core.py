@@ -16,6 +16,7 @@ HEADLINE_METRIC = {
     "skill": "accuracy",
     "anticipation": "action_recall5",
     "backpack": "ar_verb_top1",
+    "vqa": "accuracy",
 }
 
 
@@ -68,6 +69,8 @@ def score_file(task: str, path: Path) -> dict[str, float]:
         from egolab.metrics.anticipation import score_predictions_file
     elif task == "backpack":
         from egolab.metrics.backpack import score_predictions_file
+    elif task == "vqa":
+        from egolab.metrics.vqa import score_predictions_file
     else:
         raise ValueError(f"{path}: no late fusion for task {task!r}")
     return score_predictions_file(path)
@@ -82,7 +85,7 @@ def fuse_runs(
 ) -> FusionResult:
     """Fuse the predictions of ``runs`` (run dirs or files) with ``weights``; write and score the result.
 
-    ``normalize`` (none / l1 / l2 / softmax) applies to classification, anticipation and backpack (AR,
+    ``normalize`` (none / l1 / l2 / softmax) applies to classification, anticipation, vqa and backpack (AR,
     OSCC) scores before the weighted sum; ``localization_options`` go to the NMS of pooled detections.
     The fused file goes to ``out`` (default: `fused_predictions.<ext>` beside the first run's file).
     """
@@ -109,6 +112,11 @@ def fuse_runs(
         from egolab.metrics.backpack import write_predictions
 
         write_predictions(target, fuse_backpack(contents, weights, normalize))
+    elif task == "vqa":
+        from egolab.fusion.vqa import fuse_vqa
+        from egolab.metrics.vqa import write_predictions as write_vqa
+
+        write_vqa(target, fuse_vqa(contents, weights, normalize))
     elif task == "localization":
         from egolab.fusion.localization import fuse_localization
 

@@ -107,6 +107,26 @@ def parse_answer(reply: str | None) -> str | None:
     return _prediction_of(block.group(0))[1]
 
 
+def first_letter(reply: str | None) -> str | None:
+    """The challenge baseline's rule: the first character of the stripped reply when it is a letter A-D
+    (any case), else None ("B) 3" gives "B", "The answer is B" gives None)."""
+    if not isinstance(reply, str):
+        return None
+    head = reply.strip()[:1].upper()
+    return head if head in LETTERS else None
+
+
+PARSE_RULES = {"official": parse_answer, "first_letter": first_letter}
+"""How a reply becomes a prediction: the official json extraction, or the baseline's first letter."""
+
+
+def parse_reply(reply: str | None, rule: str = "official") -> str | None:
+    """The prediction of a reply under ``rule`` (a key of :data:`PARSE_RULES`)."""
+    if rule not in PARSE_RULES:
+        raise ValueError(f"unknown parse rule {rule!r}; expected one of {sorted(PARSE_RULES)}")
+    return PARSE_RULES[rule](reply)
+
+
 def is_correct(prediction: str | None, letter: str) -> bool:
     """Official CloseQA success: ``prediction.lower() == letter.lower()``; no prediction is wrong."""
     return isinstance(prediction, str) and prediction.lower() == str(letter).lower()
@@ -312,8 +332,9 @@ def make_record(
     option_probs: Sequence[float] | None = None,
     answer: str | None = None,
     question_id: str | None = None,
+    parse: str = "official",
 ) -> dict[str, Any]:
-    """A predictions-file record for a testbed item and the model's raw reply (parsed here)."""
+    """A predictions-file record for a testbed item and the model's raw reply (parsed by ``parse``)."""
     return {
         "id": item["id"],
         "dataset": item["dataset"],
@@ -321,7 +342,7 @@ def make_record(
         "primary_category": item.get("primary_category"),
         "question_type": item.get("question_type"),
         "reply": reply,
-        "prediction": parse_answer(reply),
+        "prediction": parse_reply(reply, parse),
         "option_probs": None if option_probs is None else [float(p) for p in option_probs],
         "answer": answer if answer is not None else item.get("answer", item.get("correct_option_letter")),
         "question_id": question_id if question_id is not None else item.get("question_id"),
