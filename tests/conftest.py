@@ -59,3 +59,11 @@ def modules_after() -> Callable[[str, dict], set[str]]:
         return set(out.stdout.split("MODULES", 1)[1].split())
 
     return run
+
+
+@pytest.fixture(scope="session")
+def vqa_demo(demo_root) -> Path:
+    """The generated vqa demo (frames, ShareGPT / testbed files, tiny processor) where launch.py finds it."""
+    from egolab.data.demo_vqa import make_demo_vqa
+
+    return make_demo_vqa(demo_root / "vqa")

@@ -14,12 +14,14 @@ from egolab.metrics.vqa import (
     PREDICTIONS_VERSION,
     closeqa_metrics,
     domain_of,
+    first_letter,
     is_correct,
     join_answers,
     main,
     make_record,
     openqa_correct,
     parse_answer,
+    parse_reply,
     read_answers,
     read_predictions,
     read_submission,
@@ -425,3 +427,61 @@ def test_import_loads_neither_torch_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_first_letter_is_the_baseline_rule():
+    """The first character of the stripped reply when it is A-D in any case, upper-cased; else None."""
+    assert first_letter("B") == "B"
+    assert first_letter(" c) three") == "C"
+    assert first_letter("B: 3") == "B"
+    assert first_letter("b") == "B" and first_letter("\n\t d") == "D" and first_letter("A.") == "A"
+    assert first_letter('{"prediction": "B"}') is None  # a json reply starts with "{"
+    for garbage in ("The answer is B", "", "   ", None, "E", "e) five", "1", 3):
+        assert first_letter(garbage) is None
+
+
+def test_parse_reply_rules():
+    """ "official" is the json extraction, "first_letter" the baseline's rule; other rules are errors."""
+    replies = ['{"prediction": "b"}', 'Sure: {"prediction": "C"}', "B: 3", "d", "The answer is B", "", None]
+    assert [parse_reply(r, "official") for r in replies] == ["b", "C", None, None, None, None, None]
+    assert [parse_reply(r) for r in replies] == [parse_answer(r) for r in replies]
+    assert [parse_reply(r, "first_letter") for r in replies] == [None, None, "B", "D", None, None, None]
+    with pytest.raises(
+        ValueError, match=r"unknown parse rule 'regex'; expected one of \['first_letter', 'official'\]"
+    ):
+        parse_reply("B", "regex")
+
+
+def test_make_record_with_the_first_letter_rule():
+    """``parse="first_letter"`` stores the reply's first letter; the default keeps the json extraction."""
+    item = {**hand_items()[2], "answer": "B", "question_id": "ENIGMA_q3_kind"}
+    record = make_record(item, " b) two", [0.1, 0.6, 0.2, 0.1], parse="first_letter")
+    assert record == {
+        "id": 3,
+        "dataset": "ENIGMA",
+        "domain": "Industry",
+        "primary_category": "Identification",
+        "question_type": "interaction identification",
+        "reply": " b) two",
+        "prediction": "B",
+        "option_probs": [0.1, 0.6, 0.2, 0.1],
+        "answer": "B",
+        "question_id": "ENIGMA_q3_kind",
+    }
+    assert is_correct(record["prediction"], record["answer"])
+    assert make_record(item, " b) two")["prediction"] is None  # official: not json
+    assert make_record(item, reply("B: 3"), parse="first_letter")["prediction"] is None  # starts with "{"
+    assert make_record(item, reply("B: 3"))["prediction"] == "B: 3"
+    assert make_record(item, "The answer is B", parse="first_letter")["prediction"] is None
+    with pytest.raises(ValueError, match="unknown parse rule 'json'"):
+        make_record(item, "B", parse="json")
+    # a first-letter run scores by its letters: "B" right, "C" for B wrong, none wrong -> 1/3
+    items = hand_items()[:3]
+    records = [
+        make_record(item, text, answer="B", parse="first_letter")
+        for item, text in zip(items, ["B) two", "c", "I think B"], strict=True)
+    ]
+    assert [r["prediction"] for r in records] == ["B", "C", None]
+    metrics = closeqa_metrics(records)
+    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["invalid_rate"] == pytest.approx(1 / 3)

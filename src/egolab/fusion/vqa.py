@@ -32,25 +32,16 @@ def fuse_vqa(
             scores = normalize_scores(np.asarray(probs, np.float64)[None], normalize)[0]
             entry = fused.setdefault(key, {**result, "id": key, "scores": np.zeros(len(LETTERS))})
             for field in ("dataset", "answer"):
-                if entry.get(field) != result.get(field):
+                if str(entry.get(field)).upper() != str(result.get(field)).upper():
                     raise ValueError(
                         f"runs disagree on the {field} of item {key!r}: "
                         f"{entry.get(field)} vs {result.get(field)}"
                     )
             entry["scores"] = entry["scores"] + weight * scores
     records = []
-    for key, entry in fused.items():
+    for entry in fused.values():
         scores = entry.pop("scores")
         total = scores.sum()
         probs = scores / total if total > 0 else scores
-        record_id = int(key) if key.lstrip("-").isdigit() else key
-        records.append(
-            {
-                **entry,
-                "id": record_id,
-                "reply": None,
-                "prediction": letter_of_probs(scores),
-                "option_probs": probs,
-            }
-        )
+        records.append({**entry, "reply": None, "prediction": letter_of_probs(scores), "option_probs": probs})
     return records

@@ -149,7 +149,7 @@ class QwenVL(nn.Module):
         if self.lora is not None:
             net = self._add_lora(net)
         if self.gradient_checkpointing:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.net = net
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         total = sum(p.numel() for p in net.parameters())

@@ -295,9 +295,7 @@ class BackpackTask(L.LightningModule):
         verb = verb.cpu().reshape(graphs, -1, self.lta_samples).transpose(1, 2).numpy()
         noun = noun.cpu().reshape(graphs, -1, self.lta_samples).transpose(1, 2).numpy()
         labels = y[forecast].reshape(graphs, -1, 2).numpy()
-        return [
-            {"uid": u, "verb": verb[i], "noun": noun[i], "label": labels[i]} for i, u in enumerate(uids)
-        ]
+        return [{"uid": u, "verb": verb[i], "noun": noun[i], "label": labels[i]} for i, u in enumerate(uids)]
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
