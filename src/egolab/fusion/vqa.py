@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from egolab.fusion.scores import normalize_scores
-from egolab.metrics.vqa import LETTERS, PREDICTIONS_VERSION, letter_of_probs
+from egolab.metrics.vqa import LETTERS, PREDICTIONS_VERSION, id_from_key, letter_of_probs
 
 
 def fuse_vqa(
@@ -30,7 +30,9 @@ def fuse_vqa(
             if probs is None:
                 raise ValueError(f"item {key!r} has no option_probs: this run cannot be fused by probability")
             scores = normalize_scores(np.asarray(probs, np.float64)[None], normalize)[0]
-            entry = fused.setdefault(key, {**result, "id": key, "scores": np.zeros(len(LETTERS))})
+            entry = fused.setdefault(
+                key, {**result, "id": id_from_key(key), "scores": np.zeros(len(LETTERS))}
+            )
             for field in ("dataset", "answer"):
                 if str(entry.get(field)).upper() != str(result.get(field)).upper():
                     raise ValueError(

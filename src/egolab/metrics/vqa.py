@@ -71,7 +71,7 @@ def _key(item_id: Any) -> str:
     return str(item_id)
 
 
-def _from_key(key: str) -> int | str:
+def id_from_key(key: str) -> int | str:
     """An id read back from a json object key: an int when it is a decimal integer, as in the testbed."""
     return int(key) if re.fullmatch(r"-?\d+", key) else key
 
@@ -413,7 +413,7 @@ def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         records.append(
-            {"id": _from_key(key), **{k: result.get(k) for k in (*RESULT_KEYS, *OPTIONAL_RESULT_KEYS)}}
+            {"id": id_from_key(key), **{k: result.get(k) for k in (*RESULT_KEYS, *OPTIONAL_RESULT_KEYS)}}
         )
     return records
 
