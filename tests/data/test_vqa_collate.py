@@ -50,7 +50,10 @@ def test_chatml_pieces_follow_the_qwen3_vl_templates():
         ("<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n", False),
         ("A<|im_end|>\n", True),
     ]
-    assert chatml_pieces(messages, "think")[-1] == ("<think>\n\n</think>\n\nA<|im_end|>\n", True)
+    assert chatml_pieces(messages, "think")[-2:] == [
+        ("<think>\n\n</think>\n\n", True),
+        ("A<|im_end|>\n", True),
+    ]
     with pytest.raises(ValueError, match="template"):
         chatml_pieces(messages, "qwen2")
 

@@ -632,7 +632,7 @@ def chatml_pieces(messages: Sequence[Mapping[str, str]], template: str = "nothin
     """``(text, trained)`` pieces of a conversation in LLaMA-Factory's ``qwen3_vl_nothink`` ChatML format.
 
     ``template="think"`` is ``qwen3_vl`` as the challenge baseline ran it: each response gets an empty
-    ``<think>`` block first (which is then trained). No system turn is added (the templates have no
+    ``<think>`` block first (its own trained piece). No system turn is added (the templates have no
     default system prompt).
     """
     if template not in TEMPLATES:
@@ -645,8 +645,9 @@ def chatml_pieces(messages: Sequence[Mapping[str, str]], template: str = "nothin
         elif role == "user":
             pieces.append((f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n", False))
         else:
-            think = THINK_PREFIX if template == "think" and "<think>" not in content else ""
-            pieces.append((f"{think}{content}<|im_end|>\n", True))
+            if template == "think" and "<think>" not in content:
+                pieces.append((THINK_PREFIX, True))  # tokenised on its own, as LLaMA-Factory does
+            pieces.append((f"{content}<|im_end|>\n", True))
     return pieces
 
 
