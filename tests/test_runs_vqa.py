@@ -57,3 +57,14 @@ def test_vqa_run_imports_no_other_task_dependencies(egolab_env, modules_after):
     top = {name.split(".")[0] for name in loaded}
     for heavy in ("torch_geometric", "decord", "timm", "lmdb", "sentence_transformers"):
         assert heavy not in top, f"{heavy} imported by a vqa run"
+
+
+def test_zero_shot_tests_the_model_as_built_without_fitting(egolab_env):
+    """zero_shot=true: no training and no checkpoint; the untrained tiny model is scored (near chance)."""
+    launch(egolab_env, "-g", "zero_shot=true", "data.domain=animal")
+    run_dir = Path(egolab_env["EGOLAB_OUTPUTS"]) / DEMO / "debug"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"test/accuracy", "test/accuracy_animal", "test/letter_accuracy"}
+    assert metrics["test/letter_accuracy"] < 0.6, metrics
+    assert not list(run_dir.rglob("*.ckpt"))
+    assert len(json.loads((run_dir / "predictions.json").read_text())["results"]) == 32

@@ -193,3 +193,32 @@ def test_data_module_on_the_demo_filters_a_domain(vqa_demo):
     assert {m["dataset"] for m in val["meta"]} == {"ExtremeSportFPV"}
     with pytest.raises(ValueError, match="fitting needs data.train_files"):
         VQADataModule(processor=str(vqa_demo / "processor"), root=vqa_demo).setup("fit")
+
+
+def test_data_module_skips_or_names_items_with_bad_frames(vqa_demo, tmp_path):
+    items = json.loads((vqa_demo / "val_testbed.json").read_text())
+    items[0]["video_path"][0] = "frames/missing.png"
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    items[1]["video_path"][1] = str(corrupt)
+    for item in items:
+        item["video_path"] = [p if p.startswith("/") else str(vqa_demo / p) for p in item["video_path"]]
+    (tmp_path / "val.json").write_text(json.dumps(items))
+
+    def module(bad_items):
+        return VQADataModule(
+            processor=str(vqa_demo / "processor"),
+            root=tmp_path,
+            train_files=[str(vqa_demo / "train_surgery.json")],
+            val_file="val.json",
+            bad_items=bad_items,
+            image_max_pixels=4096,
+            image_min_pixels=1024,
+        )
+
+    skipping = module("skip")
+    skipping.setup("fit")
+    assert skipping.skipped["val"] == [str(items[0]["id"]), str(items[1]["id"])]
+    assert len(skipping.datasets["val"]) == len(items) - 2
+    with pytest.raises(FileNotFoundError, match=f"testbed item {items[0]['id']}: frame not found"):
+        module("error").setup("fit")

@@ -906,7 +906,7 @@ class VQADataModule(L.LightningDataModule):
                 samples += [s for s in own if self.domain is None or s.domain == self.domain]
         if not samples:
             raise ValueError(f"no training samples in {self.train_files} (domain {self.domain})")
-        kept, self.skipped["train"] = drop_bad_items(samples, self.bad_items)
+        kept, self.skipped["train"] = drop_bad_items(samples, self.bad_items, verify=self.bad_items == "skip")
         return ConversationDataset(kept, *self.pixels["images"])
 
     def _eval_dataset(self, split: str) -> TestbedDataset | None:
@@ -921,7 +921,7 @@ class VQADataModule(L.LightningDataModule):
             from egolab.metrics.vqa import read_answers
 
             answers = read_answers(self.root / answers_file)
-        kept, self.skipped[split] = drop_bad_items(items, self.bad_items)
+        kept, self.skipped[split] = drop_bad_items(items, self.bad_items, verify=self.bad_items == "skip")
         max_pixels, min_pixels = self.pixels[self.frames_as]
         return TestbedDataset(
             kept, answers, max_pixels, min_pixels, self.prompt_style, self.frames_as, self.fps_rule
