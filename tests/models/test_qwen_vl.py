@@ -129,3 +129,60 @@ def test_fsdp_units_are_decoder_layers_and_the_vision_model():
     for unit in units:  # no unit mixes frozen and trained parameters (FSDP flattens each unit)
         assert len({p.requires_grad for p in unit.parameters()}) == 1
     assert isinstance(model.net.lm_head, nn.Linear)
+
+
+def test_qwen25_vl_option_trains_and_scores_through_the_same_collator(vqa_demo):
+    """architecture=qwen2_5_vl: a tiny Qwen2.5-VL (patch 14) with LoRA takes the same batches."""
+    from transformers import AutoProcessor, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    from egolab.data.vqa import (
+        ConversationDataset,
+        QwenVLCollator,
+        TestbedDataset,
+        read_sharegpt,
+        read_testbed,
+    )
+
+    tokenizer = AutoProcessor.from_pretrained(vqa_demo / "processor").tokenizer
+    vision = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "image_mean": [0.5] * 3}
+    vision["image_std"] = [0.5] * 3
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**vision, min_pixels=28 * 28, max_pixels=112 * 112),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**vision),
+    )
+    text = {
+        key: TINY_CONFIG["text_config"][key] for key in ("vocab_size", "hidden_size", "intermediate_size")
+    }
+    config = {
+        **{key: TINY_CONFIG[key] for key in TINY_CONFIG if key.endswith("_token_id")},
+        "text_config": {
+            **text,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        },
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+    }
+    model = tiny_qwen(architecture="qwen2_5_vl", config=config, lora={"r": 4, "alpha": 8})
+    assert type(model.net.base_model.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    samples = read_sharegpt(vqa_demo / "train.json")[:2]
+    train = QwenVLCollator(processor, training=True, system_prompt="You are a helpful assistant.")
+    dataset = ConversationDataset(samples, 4096, 1024)
+    loss = model(train([dataset[0], dataset[1]]))
+    assert torch.isfinite(loss) and loss.requires_grad
+    items = TestbedDataset(read_testbed(vqa_demo / "test_testbed.json")[:2], None, 4096, 1024)
+    batch = QwenVLCollator(processor, training=False, answer_prefix='{"prediction": "')([items[0], items[1]])
+    probs = model.letter_probs(batch)
+    assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2))
+    assert [len(row) for row in model.generate(batch, 3, eos_token_id=-1, pad_token_id=0)] == [3, 3]
