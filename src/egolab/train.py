@@ -46,6 +46,23 @@ def print_metrics(metrics: dict[str, float], title: str = "test metrics") -> Non
     Console().print(table)
 
 
+def config_problems(cfg: DictConfig) -> list[str]:
+    """What the task's ``config_check`` (a function path set by its config group) finds wrong."""
+    path = cfg.get("config_check")
+    if not path:
+        return []
+    from hydra.utils import get_method
+
+    return list(get_method(path)(cfg))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one error listing every problem :func:`config_problems` finds."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ValueError("bad configuration:\n  - " + "\n  - ".join(problems))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Fit (unless test_only) then test; return the test metrics."""
     import lightning as L
@@ -53,6 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     from egolab.launch.runs import last_checkpoint
 
+    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

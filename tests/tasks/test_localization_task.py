@@ -48,12 +48,42 @@ def test_warmup_then_cosine_per_step():
     np.testing.assert_allclose(lrs[6:], [0.5 * (1 + np.cos(np.pi * k / 5)) for k in range(1, 5)], atol=1e-9)
 
 
+def test_linear_lr_scaling_multiplies_by_processes_and_accumulation():
+    task = make_task(lr_scaling="linear", warmup_epochs=0, weight_decay=0.0)
+    task._trainer = SimpleNamespace(
+        estimated_stepping_batches=10, max_epochs=2, world_size=4, accumulate_grad_batches=2
+    )
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(8.0)  # 1.0 x 4 processes x 2 micro-batches
+    plain = make_task(warmup_epochs=0, weight_decay=0.0)
+    plain._trainer = task._trainer
+    assert plain.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        make_task(lr_scaling="sqrt")
+
+
+def test_ema_updates_once_per_optimizer_step_under_accumulation():
+    task = make_task(ema_decay=0.5)
+    task._trainer = SimpleNamespace(accumulate_grad_batches=3, num_training_batches=7)
+    with torch.no_grad():
+        task.model.layer.weight.fill_(1.0)
+        task.ema_model.layer.weight.fill_(0.0)
+    updated = []
+    for batch_idx in range(7):  # steps after micro-batches 2, 5 and the epoch's last one (6)
+        before = task.ema_model.layer.weight.clone()
+        task.on_train_batch_end(None, None, batch_idx)
+        updated.append(not torch.equal(before, task.ema_model.layer.weight))
+    assert updated == [False, False, True, False, False, True, True]
+    torch.testing.assert_close(task.ema_model.layer.weight, torch.full((2, 2), 0.875))
+
+
 def test_ema_update_of_weights_and_buffers():
     task = make_task(ema_decay=0.9)
     with torch.no_grad():
         task.model.layer.weight.fill_(1.0)
         task.ema_model.layer.weight.fill_(0.0)
         task.model.count.fill_(7)
+    task._trainer = SimpleNamespace(accumulate_grad_batches=1, num_training_batches=10)
     task.on_train_batch_end(None, None, 0)
     torch.testing.assert_close(task.ema_model.layer.weight, torch.full((2, 2), 0.1))
     assert int(task.ema_model.count) == 7  # integer buffers are copied

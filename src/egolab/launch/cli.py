@@ -200,21 +200,26 @@ def validate_composition(lines: list[OverrideLine], combos: list[list[str]]) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     from egolab.paths import CONF_DIR
+    from egolab.train import config_problems
 
-    def attempt(overrides: list[str]) -> str | None:
+    def attempt(overrides: list[str]) -> tuple[str | None, list[str]]:
         try:
-            compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides)
         except (HydraException, OmegaConfBaseException) as err:
-            return str(err).strip().splitlines()[0]
-        return None
+            return str(err).strip().splitlines()[0], []
+        return None, config_problems(cfg)
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for combo in combos:
-            error = attempt(combo)
+            error, problems = attempt(combo)
             if error is not None:
                 line = _blame(lines, error)
                 where = f"{line.where}: override {line.text!r}" if line else "configuration"
                 raise ExperimentFileError(f"{where} does not compose: {error}")
+            if problems:
+                where = lines[0].source if lines else "configuration"
+                listed = "\n  - ".join(problems)
+                raise ExperimentFileError(f"{where}: bad configuration:\n  - {listed}")
 
 
 def _blame(lines: list[OverrideLine], error: str) -> OverrideLine | None:

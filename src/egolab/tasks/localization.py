@@ -22,8 +22,17 @@ from egolab.schedules import warmup_cosine_scheduler
 PREDICTIONS_FILE = "predictions.json"
 
 
+LR_SCALING = ("none", "linear")
+
+
 class LocalizationTask(L.LightningModule):
-    """ActionFormer recipe: AdamW with linear warmup + cosine per iteration, EMA weights for evaluation."""
+    """ActionFormer recipe: AdamW with linear warmup + cosine per iteration, EMA weights for evaluation.
+
+    ``lr_scaling="linear"`` multiplies the configured learning rate by the number of processes times
+    ``trainer.accumulate_grad_batches`` (the fork's ``train_ddp.py`` rule for a larger effective batch);
+    ``"none"`` (default) keeps it as configured. The EMA is updated once per optimizer step, so gradient
+    accumulation does not make it decay faster.
+    """
 
     def __init__(
         self,
@@ -36,8 +45,11 @@ class LocalizationTask(L.LightningModule):
         warmup_epochs: int = 5,
         eta_min: float = 1e-8,
         ema_decay: float = 0.999,
+        lr_scaling: str = "none",
     ) -> None:
         super().__init__()
+        if lr_scaling not in LR_SCALING:
+            raise ValueError(f"task.lr_scaling must be one of {LR_SCALING}, got {lr_scaling!r}")
         self.model = model
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.criterion = criterion
@@ -48,6 +60,7 @@ class LocalizationTask(L.LightningModule):
         self.warmup_epochs = warmup_epochs
         self.eta_min = eta_min
         self.ema_decay = ema_decay
+        self.lr_scaling = lr_scaling
         self._eval_preds: list[dict] = []
         self.test_predictions: list[dict] = []
         self.eval_targets: list[dict] = []
@@ -71,6 +84,10 @@ class LocalizationTask(L.LightningModule):
         from egolab.models.actionformer import param_groups
 
         optimizer = self.optimizer_factory(param_groups(self.model, self.weight_decay))
+        if self.lr_scaling == "linear":
+            factor = self.trainer.world_size * self.trainer.accumulate_grad_batches
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
         scheduler = warmup_cosine_scheduler(optimizer, total, warmup, eta_min=self.eta_min)
@@ -88,7 +105,11 @@ class LocalizationTask(L.LightningModule):
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA over every floating-point entry of the state dict (weights and buffers)."""
+        """EMA over every floating-point entry of the state dict (weights and buffers), once per step."""
+        accumulate = self.trainer.accumulate_grad_batches
+        stepped = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        if not stepped:  # an accumulation micro-batch: the weights have not changed
+            return
         ema_state = self.ema_model.state_dict()
         for name, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
