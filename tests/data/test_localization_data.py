@@ -552,3 +552,195 @@ def test_demo_round_trip_through_dataset(tmp_path):
         outside.append(energy[~mask])
     assert torch.cat(outside).mean() == pytest.approx(1.0, abs=0.05)  # unit noise
     assert torch.cat(inside).mean() > 1.08
+
+
+# ---------------------------------------------------------------------------------------------- HDF5 features
+
+
+def write_h5(path: Path, arrays: dict) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        for key, array in arrays.items():
+            handle.create_dataset(key, data=array)
+    return path
+
+
+def ramp(steps: int, dim: int = 3) -> np.ndarray:
+    return np.repeat(np.arange(steps, dtype=np.float32)[:, None], dim, 1)
+
+
+def test_hdf5_one_file_for_all_videos_matches_npy(simple):
+    """Release ANet layout: one file, one (T, C) dataset per video under <file_prefix><video_id>."""
+    h5 = write_h5(simple.parent / "feats.h5", {"v_v1": ramp(75), "v_v2": ramp(75).astype(np.float64)})
+    ds = ActivityNetFeatureDataset(simple, h5, ["training"], file_prefix="v_", feat_stride=4, num_frames=16)
+    reference = dataset(simple)
+    for i in range(2):
+        item, expected = ds[i], reference[i]
+        torch.testing.assert_close(item["feats"], expected["feats"])
+        torch.testing.assert_close(item["segments"], expected["segments"])
+    assert ds[1]["feats"].dtype == torch.float32
+    with pytest.raises(ValueError, match=r"feats\.h5\[v_v1\]: expected feature dim 4, got \[3\]"):
+        ActivityNetFeatureDataset(simple, h5, ["training"], file_prefix="v_", input_dim=4)
+    # an HDF5 stream beside a .npy folder: concatenated on channels
+    plain = write_h5(simple.parent / "plain.hdf5", {"v1": ramp(75, 2), "v2": ramp(75, 2)})
+    both = ActivityNetFeatureDataset(simple, [simple.parent / "feats", plain], ["training"], input_dim=[3, 2])
+    assert both[0]["feats"].shape == (5, 75)
+
+
+def test_hdf5_missing_key_and_bad_shape_name_file_and_video(simple, caplog):
+    h5 = write_h5(simple.parent / "feats.h5", {"v1": np.zeros((3, 4, 5), np.float32)})
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 2 videos .* no feature file, e\.g\. .*feats\.h5\[v2\]"
+    ):
+        ActivityNetFeatureDataset(simple, h5, ["training"])
+    with caplog.at_level(logging.WARNING, logger="egolab.data.localization"):
+        ds = ActivityNetFeatureDataset(simple, h5, ["training"], missing_features="skip")
+    assert ds.video_ids == ["v1"] and ds.skipped == ["v2"]
+    with pytest.raises(
+        ValueError, match=r"feats\.h5: video 'v1': dataset 'v1' has shape \(3, 4, 5\), expected"
+    ):
+        ds[0]
+    (simple.parent / "not_h5.h5").write_text("plain text")
+    with pytest.raises(ValueError, match=r"not_h5\.h5: cannot open as HDF5"):
+        ActivityNetFeatureDataset(simple, simple.parent / "not_h5.h5", ["training"])
+    with pytest.raises(FileNotFoundError, match=r"feature folder \(or HDF5 file\) not found: .*absent\.h5"):
+        ActivityNetFeatureDataset(simple, simple.parent / "absent.h5", ["training"])
+
+
+def test_hdf5_file_per_video(simple):
+    folder = simple.parent / "h5"
+    folder.mkdir()
+    write_h5(folder / "v1.h5", {"feats": ramp(75), "meta": np.zeros(2)})  # read under npz_key
+    write_h5(folder / "v2.h5", {"clip_features": ramp(60)})  # the only dataset
+    ds = ActivityNetFeatureDataset(simple, folder, ["training"], file_ext=".h5")
+    assert ds[0]["feats"].shape == (3, 75) and ds[1]["feats"].shape == (3, 60)
+    assert ds[1]["feats"][0, 59] == 59
+    write_h5(folder / "v2.h5", {"a": ramp(5), "b": ramp(5)})
+    with pytest.raises(ValueError, match=r"h5/v2\.h5: video 'v2': no dataset 'feats' and not exactly one"):
+        ds[1]
+
+
+# ---------------------------------------------------------------------------------------------- user dataset
+
+
+class TinyDataset(torch.utils.data.Dataset):
+    """A user dataset honouring the contract: two videos of 5 steps, kwargs kept for inspection."""
+
+    def __init__(self, split, training, **kwargs) -> None:
+        self.split, self.training, self.kwargs = split, training, kwargs
+        self.label_names, self.class_agnostic = ["a", "b"], False
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> dict:
+        return {**item_of(5, vid=f"tiny{index}"), "labels": torch.tensor([index])}
+
+    def ground_truth(self) -> list[dict]:
+        return [
+            {"video_id": f"tiny{i}", "segments": np.zeros((1, 2)), "labels": np.array([i])} for i in range(2)
+        ]
+
+
+class NoGroundTruth(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 0
+
+
+class NotADataset:
+    pass
+
+
+class NoAttributes(TinyDataset):
+    def __init__(self, split, training, **kwargs) -> None:
+        self.split = split
+
+
+class BadItems(TinyDataset):
+    def __getitem__(self, index: int) -> dict:
+        return {"video_id": "x", "feats": torch.zeros(4, 5)}
+
+
+def not_a_class():
+    return None
+
+
+def custom(name: str) -> str:
+    return f"{__name__}:{name}"
+
+
+def test_custom_dataset_class_gets_the_partial_kwargs():
+    partial = functools.partial(ActivityNetFeatureDataset, json_file="anno.json", num_frames=3)
+    dm = LocalizationDataModule(
+        dataset=partial,
+        train_split=["training"],
+        val_split=["validation"],
+        custom_class=custom("TinyDataset"),
+        batch_size=2,
+        max_seq_len=8,
+    )
+    dm.setup("fit")
+    train = dm.train_dataset
+    assert isinstance(train, TinyDataset) and train.training and train.split == ["training"]
+    assert train.kwargs == {"json_file": "anno.json", "num_frames": 3}
+    assert not dm.val_dataset.training
+    (batch,) = list(dm.train_dataloader())
+    assert batch["feats"].shape == (2, 4, 8) and sorted(batch["video_ids"]) == ["tiny0", "tiny1"]
+    bare = LocalizationDataModule(train_split=["x"], custom_class=custom("TinyDataset"))
+    bare.setup("fit")
+    assert bare.train_dataset.kwargs == {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        (
+            "egolab.data.localization.ActivityNetFeatureDataset",
+            ValueError,
+            "must look like 'package.module:Class'",
+        ),
+        ("no_such_module_xyz:Data", ImportError, r"cannot import 'no_such_module_xyz'"),
+        (custom("not_a_class"), TypeError, r"not_a_class is a function, not a class"),
+        (custom("Missing"), TypeError, r"Missing is a NoneType, not a class"),
+        (custom("NotADataset"), TypeError, r"NotADataset does not subclass torch's Dataset"),
+        (custom("NoGroundTruth"), TypeError, r"NoGroundTruth lacks \['__getitem__', 'ground_truth'\]"),
+    ],
+)
+def test_custom_dataset_class_errors_at_configuration(spec, error, message):
+    with pytest.raises(error, match=message):
+        LocalizationDataModule(train_split=["training"], custom_class=spec)
+
+
+def test_custom_dataset_instance_checked_when_built():
+    dm = LocalizationDataModule(train_split=["training"], custom_class=custom("NoAttributes"))
+    with pytest.raises(
+        TypeError, match=r"NoAttributes'.* no attribute\(s\) \['label_names', 'class_agnostic'\]"
+    ):
+        dm.setup("fit")
+    dm = LocalizationDataModule(train_split=["training"], custom_class=custom("BadItems"))
+    with pytest.raises(TypeError, match=r"item 0 lacks the key\(s\) \['segments', 'labels', 'fps'"):
+        dm.setup("fit")
+    with pytest.raises(TypeError, match="needs `dataset` to be a partial"):
+        LocalizationDataModule(dataset=TinyDataset, train_split=["x"], custom_class=custom("TinyDataset"))
+
+
+def test_custom_dataset_class_from_the_data_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from egolab.paths import CONF_DIR
+
+    overrides = [
+        "task=localization",
+        "model=actionformer/demo",
+        "data=localization/demo",
+        "paths.root=/nowhere",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"data.custom_class={custom('TinyDataset')}"])
+        assert compose("config", overrides=overrides).data.custom_class is None  # default: the json dataset
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert isinstance(dm.train_dataset, TinyDataset)
+    assert dm.train_dataset.kwargs["json_file"].endswith("localization/annotations/demo.json")

@@ -135,3 +135,13 @@ def test_classes_without_training_annotations_get_the_empty_bias():
         assert bias[2].item() == pytest.approx(-np.log((1 - 1e-6) / 1e-6))
         assert bias[0].item() == pytest.approx(-np.log(0.99 / 0.01))
     assert datamodule.max_div_factor == model.max_div_factor
+
+
+def test_class_agnostic_data_is_scored_per_class_when_the_postprocessor_assigns_labels():
+    """ActivityNet: proposals are scored class-agnostic unless classifier fusion labels them."""
+    dataset = SimpleNamespace(class_agnostic=True, label_names=["a", "b"])
+    task = make_task()
+    assert task._scored_agnostic(dataset)
+    task.postprocess = SimpleNamespace(assigns_labels=True)
+    assert not task._scored_agnostic(dataset)
+    assert not make_task()._scored_agnostic(SimpleNamespace(class_agnostic=False))

@@ -4,16 +4,28 @@
   "annotations": [{"label", "segment", "label_id"}]}}}`` and ``<feat_folder>/<prefix><vid><ext>``
   features (T x C), and converts seconds to the feature grid like the released THUMOS/ANet/EPIC/Ego4D
   loaders (spec section 1.3).
+* Features may also come from HDF5 (release ANet layout): a ``feat_folders`` entry that is an
+  ``.h5``/``.hdf5`` file holds one (T, C) dataset per video under ``<prefix><video_id>``; with
+  ``file_ext: .h5``/``.hdf5`` each video has a file of its own holding its features under ``npz_key``
+  or as its only dataset. h5py is imported only when such a file is read.
 * :func:`truncate_feats` is the training crop, :class:`LocalizationCollate` the padding collator and
-  :class:`LocalizationDataModule` the Lightning wrapper. Batch format: docs/localization_contract.md.
+  :class:`LocalizationDataModule` the Lightning wrapper (it can build a user dataset class given as
+  ``"package.module:Class"``, see :func:`resolve_dataset_class`). Batch format:
+  docs/localization_contract.md.
+* ``python -m egolab.data.localization ranges ANNOTATIONS.json`` suggests ``model.regression_range``
+  from the training annotations (:mod:`egolab.data.localization_ranges`).
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import importlib
 import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from egolab.data.features import concat_streams, load_features
+from egolab.data.features import FeatureFileError, concat_streams, load_features
 from egolab.data.loaders import make_loader
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,9 @@ MAX_CROP_TRIALS = 200
 
 DUPLICATE_TOL = 1e-3
 """Seconds: same-label annotations closer than this at both ends are duplicates (release value)."""
+
+HDF5_EXTENSIONS = (".h5", ".hdf5")
+"""Suffixes read with h5py: a feature folder that is such a file, or ``file_ext`` of per-video files."""
 
 _MAX_REPORTED = 10
 
@@ -119,15 +134,74 @@ def drop_outside_features(
 
 
 # ----------------------------------------------------------------------------------------------------
+# HDF5 features
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether a path names an HDF5 file by its suffix."""
+    return path.suffix.lower() in HDF5_EXTENSIONS
+
+
+def hdf5_keys(path: Path) -> set[str]:
+    """Names of the top-level datasets and groups of an HDF5 file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return set(handle.keys())
+    except OSError as err:
+        raise FeatureFileError(f"{path}: cannot open as HDF5 ({err})") from err
+
+
+def read_hdf5_features(path: Path, key: str | None, video_id: str, npz_key: str = "feats") -> np.ndarray:
+    """(T, C) float32 features of one video from an HDF5 file.
+
+    ``key`` names the video's dataset in a file shared by all videos; ``None`` means a file of the video's
+    own, read from its ``npz_key`` dataset or, failing that, its only dataset. Errors name file and video.
+    """
+    import h5py
+
+    where = f"{path}: video {video_id!r}"
+    try:
+        with h5py.File(path, "r") as handle:
+            if key is None:
+                datasets = [name for name, obj in handle.items() if isinstance(obj, h5py.Dataset)]
+                key = npz_key if npz_key in handle else (datasets[0] if len(datasets) == 1 else None)
+                if key is None:
+                    raise FeatureFileError(
+                        f"{where}: no dataset {npz_key!r} and not exactly one dataset (found {datasets})"
+                    )
+            node = handle.get(key)
+            if not isinstance(node, h5py.Dataset):
+                raise FeatureFileError(f"{where}: no dataset {key!r} in the file")
+            array = node[()]
+    except OSError as err:
+        raise FeatureFileError(f"{where}: cannot read HDF5 ({err})") from err
+    if array.ndim != 2:
+        raise FeatureFileError(f"{where}: dataset {key!r} has shape {array.shape}, expected (T, C)")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise FeatureFileError(f"{where}: dataset {key!r} has dtype {array.dtype}, expected real numbers")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise FeatureFileError(f"{where}: dataset {key!r} holds non-finite values (NaN or inf)")
+    return array
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dataset
 
 
 @dataclass
 class VideoRecord:
-    """One video of the split: feature files, timing and annotations in seconds."""
+    """One video of the split: feature sources, timing and annotations in seconds.
+
+    ``feat_keys[i]`` is the video's dataset name when ``feat_paths[i]`` is an HDF5 file shared by all
+    videos, else None (a file of the video's own).
+    """
 
     video_id: str
     feat_paths: tuple[Path, ...]
+    feat_keys: tuple[str | None, ...]
     fps: float
     duration: float
     segments: np.ndarray  # (N, 2) float64 seconds
@@ -175,7 +249,10 @@ class ActivityNetFeatureDataset(Dataset):
 
     Missing feature files raise (``missing_features="error"``) or, with ``"skip"``, their videos are left
     out with a logged count; their ids are in :attr:`skipped`. Several ``feat_folders`` are concatenated
-    on channels; ``input_dim`` (one int, or one per folder) is checked when an item is read.
+    on channels; ``input_dim`` (one int, or one per folder) is checked when an item is read. A
+    ``feat_folders`` entry may be one HDF5 file holding every video under ``<file_prefix><video_id>``
+    (a video without that key counts as missing); ``file_ext`` ``.h5``/``.hdf5`` reads one HDF5 file per
+    video (see :func:`read_hdf5_features`).
 
     Training crops draw from a per-process generator seeded with ``seed`` (mixed with the DataLoader
     worker id) or, by default, with ``torch.initial_seed()``, which Lightning's global seed fixes.
@@ -245,9 +322,12 @@ class ActivityNetFeatureDataset(Dataset):
         self.seed = seed
         self._rng: torch.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
+        self._hdf5_keys: dict[Path, set[str]] = {}
         for folder in self.feat_folders:
-            if not folder.is_dir():
-                raise FileNotFoundError(f"feature folder not found: {folder}")
+            if folder.is_file() and is_hdf5(folder):
+                self._hdf5_keys[folder] = hdf5_keys(folder)
+            elif not folder.is_dir():
+                raise FileNotFoundError(f"feature folder (or HDF5 file) not found: {folder}")
 
         database = self._read_json()
         self.label_names, self.num_classes, self.empty_label_ids = self._label_table(
@@ -378,7 +458,7 @@ class ActivityNetFeatureDataset(Dataset):
     def _load_videos(self, database: dict) -> tuple[list[VideoRecord], list[str]]:
         self._out_of_bounds: list[str] = []
         videos: list[VideoRecord] = []
-        missing: list[tuple[str, Path]] = []
+        missing: list[tuple[str, str]] = []
         for vid, entry in database.items():
             if str(entry["subset"]).lower() not in self.split:
                 continue
@@ -395,15 +475,27 @@ class ActivityNetFeatureDataset(Dataset):
             if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
                 raise ValueError(f"{self.json_file}: video {vid!r}: invalid duration {duration!r}")
             segments, labels = self._annotations(vid, entry, None if duration is None else float(duration))
-            paths = tuple(f / f"{self.file_prefix}{vid}{self.file_ext}" for f in self.feat_folders)
-            absent = [p for p in paths if not p.is_file()]
+            paths, keys, absent = [], [], []
+            for folder in self.feat_folders:
+                if folder in self._hdf5_keys:
+                    key = f"{self.file_prefix}{vid}"
+                    paths.append(folder)
+                    keys.append(key)
+                    if key not in self._hdf5_keys[folder]:
+                        absent.append(f"{folder}[{key}]")
+                else:
+                    paths.append(folder / f"{self.file_prefix}{vid}{self.file_ext}")
+                    keys.append(None)
+                    if not paths[-1].is_file():
+                        absent.append(str(paths[-1]))
             if absent:
                 missing.append((vid, absent[0]))
                 continue
             videos.append(
                 VideoRecord(
                     vid,
-                    paths,
+                    tuple(paths),
+                    tuple(keys),
                     fps,
                     MISSING_DURATION if duration is None else float(duration),
                     segments,
@@ -420,7 +512,7 @@ class ActivityNetFeatureDataset(Dataset):
                 "\n  ".join(self._out_of_bounds[:5]),
             )
         if missing:
-            examples = ", ".join(str(p) for _, p in missing[:5])
+            examples = ", ".join(p for _, p in missing[:5])
             if self.missing_features == "error":
                 raise FileNotFoundError(
                     f"{len(missing)} of {len(missing) + len(videos)} videos of split {self.split} in "
@@ -475,19 +567,24 @@ class ActivityNetFeatureDataset(Dataset):
         state["_rng"], state["_rng_key"] = None, None
         return state
 
+    def _read_stream(self, path: Path, key: str | None, video_id: str) -> np.ndarray:
+        if key is not None or is_hdf5(path):
+            return read_hdf5_features(path, key, video_id, self.npz_key)
+        return load_features(path, self.npz_key)
+
     def _read_features(self, video: VideoRecord) -> np.ndarray:
-        parts = [load_features(p, self.npz_key) for p in video.feat_paths]
+        parts = [self._read_stream(p, k, video.video_id) for p, k in zip(video.feat_paths, video.feat_keys)]
+        names = [str(p) if k is None else f"{p}[{k}]" for p, k in zip(video.feat_paths, video.feat_keys)]
         if self.input_dim is not None:
             dims = [p.shape[1] for p in parts]
             expected = list(self.input_dim) if isinstance(self.input_dim, Sequence) else [self.input_dim]
             got = dims if len(expected) == len(dims) else [sum(dims)]
             expected = expected if len(expected) == len(dims) else [sum(int(e) for e in expected)]
             if got != [int(e) for e in expected]:
-                names = ", ".join(str(p) for p in video.feat_paths)
-                raise ValueError(f"{names}: expected feature dim {self.input_dim}, got {got}")
+                raise ValueError(f"{', '.join(names)}: expected feature dim {self.input_dim}, got {got}")
         if len(parts) == 1:
             return parts[0]
-        return concat_streams(parts, video.feat_paths)
+        return concat_streams(parts, names)
 
     def __getitem__(self, index: int) -> dict:
         video = self.videos[index]
@@ -594,6 +691,61 @@ class LocalizationCollate:
 
 
 # ----------------------------------------------------------------------------------------------------
+# User dataset classes
+
+CONTRACT_METHODS = ("__len__", "__getitem__", "ground_truth")
+"""Methods the task and the loaders call on a localization dataset."""
+
+CONTRACT_ATTRIBUTES = ("label_names", "class_agnostic")
+"""Attributes the task reads from a built localization dataset."""
+
+ITEM_KEYS = ("video_id", "feats", "segments", "labels", "fps", "duration", "feat_stride", "feat_num_frames")
+"""Keys of one item, as :func:`collate_localization` reads them."""
+
+
+def resolve_dataset_class(spec: str) -> type[Dataset]:
+    """Import ``"package.module:Class"`` and check that it is a torch Dataset with the contract's methods.
+
+    Like the fork's ``custom_class``, but a wrong string, a non-class, a non-Dataset or a missing method is
+    reported at configuration time with what is wrong, not at the first batch.
+    """
+    module_name, sep, name = str(spec).partition(":")
+    if not sep or not module_name or not name.isidentifier():
+        raise ValueError(f"custom_class must look like 'package.module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"custom_class {spec!r}: cannot import {module_name!r} ({err})") from err
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        raise TypeError(f"custom_class {spec!r}: {module_name}.{name} is a {type(cls).__name__}, not a class")
+    if not issubclass(cls, Dataset):
+        raise TypeError(f"custom_class {spec!r}: {cls.__qualname__} does not subclass torch's Dataset")
+    missing = [
+        m
+        for m in CONTRACT_METHODS  # torch's Dataset.__getitem__ only raises NotImplementedError
+        if not callable(getattr(cls, m, None)) or getattr(cls, m) is getattr(Dataset, m, None)
+    ]
+    if missing:
+        raise TypeError(
+            f"custom_class {spec!r}: {cls.__qualname__} lacks {missing} (see docs/localization_contract.md)"
+        )
+    return cls
+
+
+def check_dataset_instance(dataset: Dataset, spec: str) -> None:
+    """Check a built user dataset: the contract's attributes, and the keys of its first item."""
+    missing = [a for a in CONTRACT_ATTRIBUTES if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(f"custom_class {spec!r}: the built dataset has no attribute(s) {missing}")
+    if len(dataset):
+        item = dataset[0]
+        absent = [k for k in ITEM_KEYS if not isinstance(item, Mapping) or k not in item]
+        if absent:
+            raise TypeError(f"custom_class {spec!r}: item 0 lacks the key(s) {absent} (a dict is expected)")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Lightning data module
 
 DatasetSpec = Dataset | Callable[..., Dataset] | None
@@ -605,7 +757,10 @@ class LocalizationDataModule(L.LightningDataModule):
     Datasets come either as ``train_dataset``/``val_dataset``/``test_dataset`` (built objects, or
     zero-argument factories called in :meth:`setup`), or as one ``dataset`` factory (e.g. a Hydra
     partial of :class:`ActivityNetFeatureDataset`) called with ``split=..._split`` and ``training``; equal
-    val and test splits share one object. ``demo`` (optional callable) generates data in
+    val and test splits share one object. ``custom_class="package.module:Class"`` builds that class
+    instead, with the ``dataset`` partial's keyword arguments (if any) plus ``split`` and ``training``;
+    the class is checked when the module is made (:func:`resolve_dataset_class`) and each built dataset
+    when it is built (:func:`check_dataset_instance`). ``demo`` (optional callable) generates data in
     :meth:`prepare_data`, i.e. once per node before any dataset is built. ``max_seq_len`` and
     ``max_div_factor`` are normally set by the task from the model; ``max_seq_len`` falls back to the
     training dataset's. The train loader shuffles and drops the last incomplete batch, like the release.
@@ -630,8 +785,21 @@ class LocalizationDataModule(L.LightningDataModule):
         max_div_factor: int = 1,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        custom_class: str | None = None,
     ) -> None:
         super().__init__()
+        self.custom_class = custom_class
+        if custom_class is not None:
+            cls = resolve_dataset_class(custom_class)
+            if dataset is None:
+                dataset = cls
+            elif isinstance(dataset, functools.partial):
+                dataset = functools.partial(cls, *dataset.args, **dataset.keywords)
+            else:
+                raise TypeError(
+                    f"custom_class {custom_class!r} needs `dataset` to be a partial (whose keyword arguments "
+                    f"it receives) or None, got {type(dataset).__name__}"
+                )
         self._specs: dict[str, DatasetSpec] = {}
         for stage, given, split in (
             ("train", train_dataset, train_split),
@@ -669,6 +837,8 @@ class LocalizationDataModule(L.LightningDataModule):
             key = (tuple(split), training)
             if key not in self._built:
                 self._built[key] = factory(split=split, training=training)
+                if self.custom_class is not None:
+                    check_dataset_instance(self._built[key], self.custom_class)
             return self._built[key]
         if stage not in self._built:
             self._built[stage] = spec()
@@ -721,3 +891,27 @@ class LocalizationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test", training=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m egolab.data.localization ranges ANNOTATIONS.json [options]``."""
+    from egolab.data.localization_ranges import add_ranges_command
+
+    parser = argparse.ArgumentParser(
+        prog="python -m egolab.data.localization", description="Localization data tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_ranges_command(commands)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,7 +78,11 @@ class LocalizationTask(L.LightningModule):
             self.ema_model.cls_head.mark_empty_classes(empty)
         dataset = datamodule.test_dataset if stage == "test" else datamodule.val_dataset
         if dataset is not None:
-            self.label_names = ["proposal"] if dataset.class_agnostic else list(dataset.label_names)
+            self.label_names = ["proposal"] if self._scored_agnostic(dataset) else list(dataset.label_names)
+
+    def _scored_agnostic(self, dataset: Any) -> bool:
+        """Class-agnostic proposals, unless the post-processor labels them (ActivityNet classifier fusion)."""
+        return dataset.class_agnostic and not getattr(self.postprocess, "assigns_labels", False)
 
     def configure_optimizers(self) -> dict:
         from egolab.models.actionformer import param_groups
@@ -150,9 +154,9 @@ class LocalizationTask(L.LightningModule):
         unique = {p["video_id"]: p for p in preds}
         preds = [unique[k] for k in sorted(unique)]
         truth = dataset.ground_truth()
-        if dataset.class_agnostic:
-            # The ActivityNet recipe trains class-agnostic proposals (num_classes=1); they are scored as
-            # proposals here. The reported numbers also need external video-level classes (not fused).
+        if self._scored_agnostic(dataset):
+            # The ActivityNet recipe trains class-agnostic proposals (num_classes=1): scored as proposals
+            # unless the post-processor fuses external video-level classes (assigns_labels).
             truth = [dict(g, labels=np.zeros(len(g["labels"]), np.int64)) for g in truth]
         ground_truth = {g["video_id"]: g for g in truth}
         targets = [ground_truth[p["video_id"]] for p in preds]
@@ -192,7 +196,7 @@ class LocalizationTask(L.LightningModule):
             "version": "egolab-localization-1",
             "task": "localization",
             "results": results,
-            "external_data": {"used": False},
+            "external_data": {"used": bool(getattr(self.postprocess, "assigns_labels", False))},
             "label_names": list(names) if names else None,
             "tiou_thresholds": list(self.metric.tiou_thresholds),
             "top_k": list(self.metric.top_k),
