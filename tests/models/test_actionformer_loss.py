@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from egolab.models.actionformer import ActionFormer
-from egolab.models.actionformer_loss import ActionFormerLoss, ctr_diou_loss_1d, sigmoid_focal_loss
+from egolab.models.actionformer_loss import (
+    ActionFormerLoss,
+    ctr_diou_loss_1d,
+    ctr_eiou_loss_1d,
+    ctr_giou_loss_1d,
+    ctr_iou_loss_1d,
+    offset_iou_1d,
+    quality_focal_loss,
+    regression_loss_1d,
+    sigmoid_focal_loss,
+)
 from egolab.models.actionformer_targets import assign_labels, assign_labels_batch
 
 
@@ -136,6 +146,99 @@ def test_diou_loss_matches_hand_numbers():
     assert ctr_diou_loss_1d(pred, target).item() == pytest.approx(sum(expected), abs=1e-6)
 
 
+# Hand-worked pair for every IoU-family loss: pred (l, r) = (1, 3), gt (l, r) = (2, 1), offsets of one point.
+#   pred segment [-1, 3], gt segment [-2, 1] (relative to the point)
+#   inter = min(1, 2) + min(3, 1) = 2; len_p = 4, len_g = 3; union = 4 + 3 - 2 = 5; IoU = 0.4
+#   enclosing c = max(1, 2) + max(3, 1) = 5 (= union: both contain the point, so the GIoU term is 0)
+#   rho = 0.5 * (r_p - l_p - r_g + l_g) = 0.5 * (3 - 1 - 1 + 2) = 1.5 (centres 1 and -0.5)
+#   IoU loss  = 1 - 0.4                          = 0.6
+#   GIoU loss = 1 - 0.4 + (5 - 5) / 5            = 0.6
+#   DIoU loss = 1 - 0.4 + (1.5 / 5)^2            = 0.69
+#   EIoU loss = 0.69 + ((4 - 3) / 5)^2           = 0.73
+# Second pair: pred (2, 2), gt (1, 3): inter 1 + 2 = 3, union 4 + 4 - 3 = 5, IoU 0.6, c = 5, rho = -1:
+#   IoU/GIoU 0.4, DIoU 0.4 + 0.04 = 0.44, EIoU = DIoU = 0.44 (equal lengths). Third pair: identical, all 0.
+PRED = torch.tensor([[1.0, 3.0], [2.0, 2.0], [3.0, 2.0]])
+GT = torch.tensor([[2.0, 1.0], [1.0, 3.0], [3.0, 2.0]])
+HAND = {"iou": [0.6, 0.4, 0.0], "giou": [0.6, 0.4, 0.0], "diou": [0.69, 0.44, 0.0], "eiou": [0.73, 0.44, 0.0]}
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("iou", ctr_iou_loss_1d),
+        ("giou", ctr_giou_loss_1d),
+        ("diou", ctr_diou_loss_1d),
+        ("eiou", ctr_eiou_loss_1d),
+    ],
+)
+def test_iou_family_losses_match_hand_numbers(name, fn):
+    assert offset_iou_1d(PRED, GT).tolist() == pytest.approx([0.4, 0.6, 1.0])
+    assert fn(PRED, GT, reduction="none").tolist() == pytest.approx(HAND[name], abs=1e-6)
+    assert fn(PRED, GT).item() == pytest.approx(sum(HAND[name]), abs=1e-6)
+    assert regression_loss_1d(PRED, GT, name, reduction="none").tolist() == pytest.approx(
+        HAND[name], abs=1e-6
+    )
+
+
+def test_giou_equals_iou_for_offsets_from_one_point():
+    torch.manual_seed(0)
+    pred, target = torch.rand(100, 2) * 5, torch.rand(100, 2) * 5
+    torch.testing.assert_close(ctr_giou_loss_1d(pred, target, "none"), ctr_iou_loss_1d(pred, target, "none"))
+
+
+def test_regression_loss_variants_match_hand_numbers():
+    # focal (gamma 2): (1 - IoU)^2 * base with 1 - IoU = 0.6, 0.4, 0
+    focal = regression_loss_1d(PRED, GT, "diou", "focal", gamma=2.0, reduction="none")
+    assert focal.tolist() == pytest.approx([0.36 * 0.69, 0.16 * 0.44, 0.0], abs=1e-6)
+    # on the IoU base it is the spec's (1 - IoU)^gamma * (1 - IoU) = (1 - IoU)^3
+    focal_iou = regression_loss_1d(PRED, GT, "iou", "focal", gamma=2.0, reduction="none")
+    assert focal_iou.tolist() == pytest.approx([0.216, 0.064, 0.0], abs=1e-6)
+    focal_g1 = regression_loss_1d(PRED, GT, "eiou", "focal", gamma=1.0, reduction="none")
+    assert focal_g1.tolist() == pytest.approx([0.6 * 0.73, 0.4 * 0.44, 0.0], abs=1e-6)
+    # iou_weighted: (2 - IoU) * base with 2 - IoU = 1.6, 1.4, 1
+    weighted = regression_loss_1d(PRED, GT, "eiou", "iou_weighted", reduction="none")
+    assert weighted.tolist() == pytest.approx([1.6 * 0.73, 1.4 * 0.44, 0.0], abs=1e-6)
+    assert regression_loss_1d(PRED, GT, "eiou", "iou_weighted").item() == pytest.approx(
+        1.6 * 0.73 + 1.4 * 0.44, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="variant"):
+        regression_loss_1d(PRED, GT, "diou", "cubic")
+    with pytest.raises(ValueError, match="type"):
+        regression_loss_1d(PRED, GT, "ciou")
+    with pytest.raises(ValueError, match="gamma"):
+        regression_loss_1d(PRED, GT, "diou", "focal", gamma=0.5)
+    # gamma >= 1 keeps the gradient of a perfect prediction finite (here: zero)
+    perfect = PRED[2:].clone().requires_grad_(True)
+    regression_loss_1d(perfect, GT[2:], "diou", "focal", gamma=1.0).backward()
+    assert perfect.grad.tolist() == [[0.0, 0.0]]
+
+
+def test_quality_focal_loss_matches_hand_numbers():
+    logits = torch.tensor([[0.0], [2.0], [-1.0]])
+    targets = torch.tensor([[1.0], [1.0], [0.0]])
+    quality = torch.tensor([0.5, 0.9, 0.7])  # the third row is negative: its target stays 0
+    # x = 0, q = 0.5: p = 0.5 = q, so |q - p|^2 = 0 and the loss is 0 although BCE = log 2
+    # x = 2, q = 0.9: p = 0.880797, BCE = 0.9 * 0.126928 + 0.1 * 2.126928 = 0.326928,
+    #                 |q - p|^2 = 0.019203^2 = 3.6876e-4, alpha_t = 0.25 -> 3.01389e-5
+    # x = -1, q = 0:  p = 0.268941, BCE = log(1 + e^-1) = 0.313262, p^2 = 0.072329,
+    #                 alpha_t = 0.75 -> 0.0169935
+    expected = [0.0, 3.01389e-5, 0.0169935]
+    per_item = quality_focal_loss(logits, targets, quality, reduction="none")
+    assert per_item.flatten().tolist() == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    assert quality_focal_loss(logits, targets, quality).item() == pytest.approx(sum(expected), rel=1e-4)
+    # quality is clamped to [0, 1]; without alpha the weighting is 1
+    clamped = quality_focal_loss(logits[:1], targets[:1], torch.tensor([1.5]), reduction="none")
+    assert clamped.item() == pytest.approx(0.25 * math.log(2) * 0.25, rel=1e-5)  # q = 1: BCE log 2, |1-.5|^2
+    no_alpha = quality_focal_loss(logits[2:], targets[2:], quality[2:], alpha=-1)
+    assert no_alpha.item() == pytest.approx(0.0169935 / 0.75, rel=1e-4)
+    # with IoU 1 the QFL equals the focal loss on the same hard target
+    ones = torch.ones(3)
+    torch.testing.assert_close(
+        quality_focal_loss(logits, targets, ones, reduction="none"),
+        sigmoid_focal_loss(logits, targets, reduction="none"),
+    )
+
+
 def _synthetic_outputs(logits, offsets, valid_length):
     """One level of stride 1, T = 8, regression range [0, 100], batch of two videos."""
     return {
@@ -198,11 +301,89 @@ def test_auto_loss_weight_and_label_smoothing():
     assert smoothed(outputs, segments, labels)["cls_loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def _qfl_case():
+    """Video 0 has GT [2, 6] (class 0), positives t = 3, 4, 5 with targets (1, 3), (2, 2), (3, 1)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 8, 2)
+    offsets = torch.rand(2, 8, 2) * 3
+    # predicted (1, 1) vs (1, 3): IoU 2 / 4 = 0.5; (2, 2) vs (2, 2): IoU 1;
+    # (1.5, 1) vs (3, 1): inter 2.5, union 2.5 + 4 - 2.5 = 4, IoU 0.625
+    offsets[0, 3:6] = torch.tensor([[1.0, 1.0], [2.0, 2.0], [1.5, 1.0]])
+    segments = [torch.tensor([[2.0, 6.0]]), torch.zeros(0, 2)]
+    labels = [torch.tensor([0]), torch.zeros(0, dtype=torch.long)]
+    return logits, offsets, segments, labels
+
+
+def test_qfl_is_wired_into_training_with_detached_iou_targets():
+    logits, offsets, segments, labels = _qfl_case()
+    logits.requires_grad_(True)
+    offsets.requires_grad_(True)
+    outputs = _synthetic_outputs(logits, offsets, valid_length=6)
+    criterion = ActionFormerLoss(2, center_sample="none", init_loss_norm=100.0, cls_loss_type="qfl").train()
+    losses = criterion(outputs, segments, labels)
+    normaliser = 0.9 * 100 + 0.1 * 3
+    valid = torch.arange(8) < 6
+    targets = torch.zeros(2, 8, 2)
+    targets[0, 3:6, 0] = 1
+    quality = torch.zeros(2, 8)
+    quality[0, 3:6] = torch.tensor([0.5, 1.0, 0.625])
+    expected = quality_focal_loss(logits[:, valid], targets[:, valid], quality[:, valid]).item() / normaliser
+    assert losses["cls_loss"].item() == pytest.approx(expected, rel=1e-5)
+    # the regression loss is still DIoU; the IoU target carries no gradient into the offsets
+    expected_reg = ctr_diou_loss_1d(offsets[0, 3:6], torch.tensor([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]]))
+    assert losses["reg_loss"].item() == pytest.approx(expected_reg.item() / normaliser, rel=1e-5)
+    assert torch.autograd.grad(losses["cls_loss"], offsets, allow_unused=True) == (None,)
+    focal = ActionFormerLoss(2, center_sample="none", init_loss_norm=100.0).eval()(outputs, segments, labels)
+    assert focal["cls_loss"].item() != pytest.approx(losses["cls_loss"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("loss_type", ["diou", "eiou", "giou", "iou"])
+@pytest.mark.parametrize("variant", ["none", "focal", "iou_weighted"])
+def test_criterion_uses_the_selected_regression_loss(loss_type, variant):
+    logits, offsets, segments, labels = _qfl_case()
+    outputs = _synthetic_outputs(logits, offsets, valid_length=6)
+    criterion = ActionFormerLoss(
+        2, center_sample="none", init_loss_norm=1.0, reg_loss_type=loss_type, reg_loss_variant=variant
+    ).eval()
+    gt = torch.tensor([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    expected = regression_loss_1d(offsets[0, 3:6], gt, loss_type, variant).item()
+    assert criterion(outputs, segments, labels)["reg_loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_default_criterion_is_the_released_one():
+    logits, offsets, segments, labels = _qfl_case()
+    outputs = _synthetic_outputs(logits, offsets, valid_length=6)
+    default = ActionFormerLoss(2, init_loss_norm=10.0).eval()(outputs, segments, labels)
+    explicit = ActionFormerLoss(
+        2,
+        init_loss_norm=10.0,
+        cls_loss_type="focal",
+        cls_loss_alpha=0.25,
+        cls_loss_gamma=2.0,
+        reg_loss_type="diou",
+        reg_loss_variant="none",
+    ).eval()(outputs, segments, labels)
+    for key, value in default.items():
+        assert torch.equal(value, explicit[key]), key
+
+
 def test_invalid_loss_settings_raise():
     with pytest.raises(ValueError, match="center_sample"):
         ActionFormerLoss(2, center_sample="box")
     with pytest.raises(ValueError, match="label_smoothing"):
         ActionFormerLoss(2, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="cls_loss_type"):
+        ActionFormerLoss(2, cls_loss_type="bce")
+    with pytest.raises(ValueError, match="label_smoothing is not defined"):
+        ActionFormerLoss(2, cls_loss_type="qfl", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="reg_loss_type"):
+        ActionFormerLoss(2, reg_loss_type="ciou")
+    with pytest.raises(ValueError, match="reg_loss_variant"):
+        ActionFormerLoss(2, reg_loss_variant="squared")
+    with pytest.raises(ValueError, match="reg_loss_gamma"):
+        ActionFormerLoss(2, reg_loss_gamma=0.5)
+    with pytest.raises(ValueError, match="cls_loss_gamma"):
+        ActionFormerLoss(2, cls_loss_gamma=-1.0)
 
 
 # --------------------------------------------------------------------------------------- learning

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from egolab.models.actionformer_postprocess import ActionFormerPostProcessor
 
@@ -100,8 +101,45 @@ def test_hard_class_agnostic_with_voting():
     assert res["segments"].tolist() == [pytest.approx(row, rel=1e-6) for row in expected]
 
 
+def test_score_temperature_scales_logits_before_filtering():
+    outputs, batch = hand_outputs()
+    res = ActionFormerPostProcessor(score_temperature=2.0, nms_method="none")(outputs, batch)[0]
+    # logit(0.8) = log 4 -> log 2 -> p = 2/3; logit 0 stays 0.5;
+    # logit(0.3) = log(3/7) -> log(3/7) / 2 -> p = 1 / (1 + sqrt(7/3));
+    # the 0.45 candidate is still too short and LOW / 2 = -10 (p 4.5e-5) still below pre_nms_thresh
+    assert res["scores"].tolist() == pytest.approx([2 / 3, 0.5, 1 / (1 + math.sqrt(7 / 3))], rel=1e-5)
+    # pre_nms_thresh compares the tempered probability: 0.8 -> 16/17 at T = 0.5, 0.3 -> 9/58 is dropped
+    sharp = ActionFormerPostProcessor(score_temperature=0.5, pre_nms_thresh=0.2, nms_method="none")
+    assert sharp(outputs, batch)[0]["scores"].tolist() == pytest.approx([16 / 17, 0.5], rel=1e-5)
+    default = ActionFormerPostProcessor(nms_method="none")(outputs, batch)[0]
+    unit = ActionFormerPostProcessor(nms_method="none", score_temperature=1.0)(outputs, batch)[0]
+    assert torch.equal(default["scores"], unit["scores"])
+
+
+def test_diou_nms_and_class_sigma_in_the_post_processor():
+    outputs, batch = hand_outputs()
+    # class 1: [-6, 2] vs [1, 4]: IoU 1/10, centres -2 and 2.5, enclosing 10:
+    # DIoU = 0.1 - 0.45^2 < 0 -> clamped to 0, no decay (IoU soft-NMS: 0.3 * exp(-0.02))
+    res = ActionFormerPostProcessor(use_diou_nms=True)(outputs, batch)[0]
+    assert res["scores"].tolist() == pytest.approx([0.8, 0.5, 0.3], rel=1e-5)
+    # class_sigma {1: 0.01}: IoU soft-NMS decays class 1 by exp(-0.01 / 0.01) instead of exp(-0.01 / 0.5)
+    for class_sigma in ({1: 0.01}, OmegaConf.create({1: 0.01}), OmegaConf.create({"1": 0.01})):
+        res = ActionFormerPostProcessor(class_sigma=class_sigma)(outputs, batch)[0]
+        assert res["scores"].tolist() == pytest.approx([0.8, 0.5, 0.3 * math.exp(-1)], rel=1e-4)
+    res = ActionFormerPostProcessor(class_sigma={0: 0.01})(outputs, batch)[0]  # class 0 has nothing to decay
+    assert res["scores"].tolist() == pytest.approx([0.8, 0.5, 0.3 * math.exp(-0.02)], rel=1e-5)
+
+
 def test_invalid_settings():
     with pytest.raises(ValueError, match="nms_method"):
         ActionFormerPostProcessor(nms_method="greedy")
     with pytest.raises(ValueError, match="pre_nms_topk"):
         ActionFormerPostProcessor(pre_nms_topk=0)
+    with pytest.raises(ValueError, match="score_temperature"):
+        ActionFormerPostProcessor(score_temperature=0.0)
+    with pytest.raises(ValueError, match="DIoU-NMS"):
+        ActionFormerPostProcessor(nms_method="hard", use_diou_nms=True)
+    with pytest.raises(ValueError, match="class_sigma"):
+        ActionFormerPostProcessor(multiclass_nms=False, class_sigma={0: 0.3})
+    with pytest.raises(ValueError, match="class_sigma"):
+        ActionFormerPostProcessor(nms_method="none", class_sigma={0: 0.3})

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from egolab.models.segment_nms import batched_nms, hard_nms, segment_iou, segment_voting, soft_nms
+from egolab.models.segment_nms import (
+    batched_nms,
+    diou_soft_nms,
+    hard_nms,
+    segment_diou,
+    segment_iou,
+    segment_voting,
+    soft_nms,
+    validate_nms_options,
+)
 
 G = math.exp(-(1 / 9) / 0.5)  # Gaussian soft-NMS weight for IoU 1/3 and sigma 0.5
 
@@ -111,6 +120,85 @@ def test_batched_nms_voting_uses_all_pre_nms_segments():
     torch.testing.assert_close(s, torch.tensor([[0.96 / 1.38, 10], [20, 30], [1.2 / 1.32, 10]]))
 
 
+def test_segment_diou_hand_example():
+    # [0, 10] vs [5, 15]: IoU 5 / 15, centres 5 and 10, enclosing 15: DIoU = 1/3 - (5/15)^2 = 2/9
+    # [0, 10] vs [2, 8]: IoU 0.6, same centre: DIoU = IoU = 0.6
+    # [0, 10] vs [9, 30]: IoU 1/30, centres 5 and 19.5, enclosing 30: 1/30 - (14.5/30)^2 < 0
+    diou = segment_diou([[0.0, 10.0]], [[5.0, 15.0], [2.0, 8.0], [9.0, 30.0]], eps=0.0)
+    assert diou[0].tolist() == pytest.approx([2 / 9, 0.6, 1 / 30 - (14.5 / 30) ** 2], rel=1e-6)
+    # with the NMS length epsilon the IoU part matches segment_iou
+    assert segment_diou([[0.0, 10.0]], [[2.0, 8.0]]).item() == pytest.approx(
+        segment_iou([[0.0, 10.0]], [[2.0, 8.0]]).item(), rel=1e-6
+    )
+
+
+def test_diou_soft_nms_hand_example():
+    # A [0, 10] 0.9, B [1, 9] 0.8, C [6, 14] 0.5, sigma 0.5.
+    # step 1, A: DIoU(A, B) = 0.8 (same centre)            -> B = 0.8 * exp(-0.64 / 0.5)      = 0.222430
+    #            DIoU(A, C) = 4/14 - (5/14)^2 = 31/196     -> C = 0.5 * exp(-(31/196)^2 / 0.5) = 0.475600
+    # step 2: C now has the highest *current* score and is taken before B (the fork keeps the initial
+    #         order and would take B here). DIoU(C, B) = 3/13 - (5/13)^2 = 14/169
+    #         -> B = 0.222430 * exp(-(14/169)^2 / 0.5) = 0.219398
+    segs = [[0.0, 10.0], [1.0, 9.0], [6.0, 14.0]]
+    out = diou_soft_nms(segs, [0.9, 0.8, 0.5], torch.tensor([7, 8, 9]), sigma=0.5, min_score=0.001)
+    w_ab, w_ac, w_cb = math.exp(-1.28), math.exp(-((31 / 196) ** 2) / 0.5), math.exp(-((14 / 169) ** 2) / 0.5)
+    assert out.indices.tolist() == [0, 2, 1] and out.labels.tolist() == [7, 9, 8]
+    assert out.scores.tolist() == pytest.approx([0.9, 0.5 * w_ac, 0.8 * w_ab * w_cb], rel=1e-5)
+    assert out.scores.tolist() == pytest.approx([0.9, 0.475600, 0.219398], rel=1e-5)
+    torch.testing.assert_close(out.segments, torch.tensor([[0.0, 10], [6, 14], [1, 9]]))
+    # IoU soft-NMS on the same input decays C much more: exp(-(4/14)^2 / 0.5) = 0.849
+    assert soft_nms(segs, [0.9, 0.8, 0.5], sigma=0.5).scores[1].item() == pytest.approx(
+        0.5 * math.exp(-((4 / 14) ** 2) / 0.5), rel=1e-5
+    )
+    # a negative DIoU is clamped to 0: no decay at all; min_score and max_num as in soft_nms
+    far = diou_soft_nms([[0.0, 10.0], [9.0, 30.0]], [0.9, 0.8], sigma=0.5)
+    assert far.scores.tolist() == pytest.approx([0.9, 0.8])
+    assert diou_soft_nms(segs, [0.9, 0.8, 0.5], min_score=0.3).indices.tolist() == [0, 2]
+    assert diou_soft_nms(segs, [0.9, 0.8, 0.5], max_num=2).indices.tolist() == [0, 2]
+    assert diou_soft_nms(torch.zeros(0, 2), torch.zeros(0)).indices.tolist() == []
+    with pytest.raises(ValueError, match="sigma"):
+        diou_soft_nms(segs, [0.9, 0.8, 0.5], sigma=0.0)
+
+
+def test_batched_nms_diou_and_class_sigma():
+    # each class has [0, 10] 0.9 and [5, 15] 0.8: IoU 1/3, DIoU 2/9
+    segs = [[0, 10], [5, 15], [0, 10], [5, 15]]
+    scores, labels = [0.9, 0.8, 0.9, 0.8], [0, 0, 1, 1]
+
+    def decayed(**kwargs):
+        """Score of the suppressed segment ([5, 15]) of each class."""
+        _, p, lab = batched_nms(segs, scores, labels, 0.1, 0.001, 100, **kwargs)
+        return [p[lab == c].min().item() for c in (0, 1)]
+
+    # sigma 0.5 for both classes, unless class_sigma gives class 1 sigma 0.1: only its decay changes
+    assert decayed() == pytest.approx([0.8 * G, 0.8 * G], rel=1e-5)
+    assert decayed(class_sigma={1: 0.1}) == pytest.approx([0.8 * G, 0.8 * math.exp(-(1 / 9) / 0.1)], rel=1e-5)
+    w_diou, w_diou_01 = math.exp(-((2 / 9) ** 2) / 0.5), math.exp(-((2 / 9) ** 2) / 0.1)
+    assert decayed(use_diou_nms=True) == pytest.approx([0.8 * w_diou, 0.8 * w_diou], rel=1e-5)
+    assert decayed(use_diou_nms=True, class_sigma={"1": 0.1}) == pytest.approx(
+        [0.8 * w_diou, 0.8 * w_diou_01], rel=1e-5
+    )
+    # class-agnostic DIoU soft-NMS: a duplicate decays by exp(-1 / 0.5), the other pair by w_diou.
+    # A0 taken; B0 -> 0.8 w, A1 -> 0.9 e^-2, B1 -> 0.8 w; B0 taken: A1 -> 0.9 e^-2 w, B1 -> 0.8 w e^-2;
+    # A1 taken: B1 -> 0.8 w^2 e^-2
+    _, p, _ = batched_nms(segs, scores, labels, 0.1, 0.001, 100, multiclass=False, use_diou_nms=True)
+    expected = [0.9, 0.8 * w_diou, 0.9 * math.exp(-2) * w_diou, 0.8 * w_diou**2 * math.exp(-2)]
+    assert p.tolist() == pytest.approx(sorted(expected, reverse=True), rel=1e-5)
+
+
+def test_nms_options_that_would_be_ignored_raise():
+    with pytest.raises(ValueError, match="DIoU-NMS"):
+        batched_nms([[0, 1]], [0.5], [0], 0.1, 0.01, 10, use_soft_nms=False, use_diou_nms=True)
+    with pytest.raises(ValueError, match="class_sigma"):
+        batched_nms([[0, 1]], [0.5], [0], 0.1, 0.01, 10, multiclass=False, class_sigma={0: 0.3})
+    with pytest.raises(ValueError, match="class_sigma"):
+        validate_nms_options(use_soft_nms=False, multiclass=True, class_sigma={0: 0.3})
+    with pytest.raises(ValueError, match="> 0"):
+        validate_nms_options(use_soft_nms=True, multiclass=True, class_sigma={0: 0.0})
+    assert validate_nms_options(True, True, True, {"2": 1}) == {2: 1.0}
+    assert validate_nms_options(True, True) is None
+
+
 # ---------------------------------------------------------------------------------------------- reference
 
 
@@ -127,6 +215,28 @@ def reference_soft_nms(segs, scores, sigma, min_score):
             inter = max(0.0, min(x2, item[1]) - max(x1, item[0]))
             iou = inter / ((x2 - x1 + 1e-6) + (item[1] - item[0] + 1e-6) - inter)
             item[2] *= math.exp(-iou * iou / sigma)
+            if item[2] >= min_score:
+                survivors.append(item)
+        items = survivors
+    return out
+
+
+def reference_diou_soft_nms(segs, scores, sigma, min_score, max_num=-1):
+    """Straightforward DIoU soft-NMS, one pair at a time, with the same length epsilon in the IoU."""
+    items = [[float(a), float(b), float(c), i] for i, ((a, b), c) in enumerate(zip(segs, scores))]
+    out = []
+    while items and (max_num <= 0 or len(out) < max_num):
+        best = max(range(len(items)), key=lambda k: items[k][2])
+        x1, x2, score, idx = items.pop(best)
+        out.append((idx, score))
+        survivors = []
+        for item in items:
+            inter = max(0.0, min(x2, item[1]) - max(x1, item[0]))
+            iou = inter / ((x2 - x1 + 1e-6) + (item[1] - item[0] + 1e-6) - inter)
+            centre_dist = 0.5 * (x1 + x2) - 0.5 * (item[0] + item[1])
+            enclosing = max(x2, item[1]) - min(x1, item[0])
+            diou = max(iou - (centre_dist / enclosing) ** 2, 0.0)
+            item[2] *= math.exp(-diou * diou / sigma)
             if item[2] >= min_score:
                 survivors.append(item)
         items = survivors
@@ -163,6 +273,27 @@ def test_matches_reference_loops():
     assert hard_nms(segs, scores, iou_threshold=0.3).indices.tolist() == reference_hard_nms(
         segs.tolist(), scores.tolist(), 0.3
     )
+
+
+@pytest.mark.parametrize(
+    "seed, sigma, min_score, max_num", [(0, 0.5, 0.01, -1), (1, 0.2, 0.001, 50), (2, 0.9, 0.1, -1)]
+)
+def test_diou_soft_nms_matches_reference_loop(seed, sigma, min_score, max_num):
+    segs, scores = random_segments(300, seed)
+    out = diou_soft_nms(segs, scores, sigma=sigma, min_score=min_score, max_num=max_num)
+    ref = reference_diou_soft_nms(segs, scores, sigma, min_score, max_num)
+    assert out.indices.tolist() == [i for i, _ in ref]
+    np.testing.assert_allclose(out.scores.numpy(), [s for _, s in ref], rtol=1e-4)
+    torch.testing.assert_close(out.segments, torch.from_numpy(segs)[out.indices])
+
+
+def test_diou_soft_nms_5000_candidates_is_fast():
+    segs, scores = random_segments(5000, 1)
+    start = time.perf_counter()
+    out = diou_soft_nms(segs, scores, sigma=0.5, min_score=0.001)
+    elapsed = time.perf_counter() - start
+    assert len(out.indices) > 100
+    assert elapsed < 5.0, f"DIoU soft-NMS on 5000 candidates took {elapsed:.2f} s"
 
 
 def test_soft_nms_5000_candidates_is_fast():

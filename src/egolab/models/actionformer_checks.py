@@ -102,6 +102,12 @@ def _criterion_problems(criterion: Mapping[str, Any] | None) -> list[str]:
         problems.append(f"task.criterion.center_sample_radius must be > 0, got {radius}")
     if float(_get(criterion, "init_loss_norm", 1.0)) <= 0:
         problems.append("task.criterion.init_loss_norm must be > 0")
+    if float(_get(criterion, "reg_loss_gamma", 2.0)) < 1:
+        problems.append(
+            "task.criterion.reg_loss_gamma must be >= 1 (below, a perfect box has a NaN gradient)"
+        )
+    if _get(criterion, "cls_loss_type") == "qfl" and smoothing > 0:
+        problems.append("task.criterion.cls_loss_type=qfl does not combine with label_smoothing > 0")
     return problems
 
 
@@ -124,7 +130,11 @@ def _postprocess_problems(post: Mapping[str, Any] | None) -> list[str]:
     for key in ("pre_nms_topk", "max_seg_num"):
         if int(_get(post, key, 1)) < 1:
             problems.append(f"task.postprocess.{key} must be >= 1")
+    if _get(post, "use_diou_nms", False) and method != "soft":
+        problems.append("task.postprocess.use_diou_nms needs nms_method=soft")
     class_sigma = _get(post, "class_sigma") or {}
+    if class_sigma and (method != "soft" or not _get(post, "multiclass_nms", True)):
+        problems.append("task.postprocess.class_sigma needs nms_method=soft and multiclass_nms=true")
     bad = {k: v for k, v in dict(class_sigma).items() if not float(v) > 0}
     if bad:
         problems.append(f"task.postprocess.class_sigma values must be > 0, got {bad}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from egolab.models.segment_nms import batched_nms
+from egolab.models.segment_nms import batched_nms, validate_nms_options
 
 NMS_METHODS = ("soft", "hard", "none")
 
@@ -19,11 +19,17 @@ NMS_METHODS = ("soft", "hard", "none")
 class ActionFormerPostProcessor:
     """Turn ActionFormer outputs into per-video detections in seconds, sorted by score.
 
-    Per level: ``p = sigmoid(logits) * mask`` flattened over (T, C); keep ``p > pre_nms_thresh``, then the
-    ``pre_nms_topk`` best; decode ``[t - o_l * s, t + o_r * s]`` and drop segments not longer than
-    ``duration_thresh`` grid units. The levels are concatenated and passed through
-    :func:`~egolab.models.segment_nms.batched_nms` (unless ``nms_method="none"``, which only sorts), then
-    mapped to seconds with ``(grid * feat_stride + 0.5 * num_frames) / fps`` clipped to [0, duration].
+    Per level: ``p = sigmoid(logits / score_temperature) * mask`` flattened over (T, C); keep
+    ``p > pre_nms_thresh``, then the ``pre_nms_topk`` best; decode ``[t - o_l * s, t + o_r * s]`` and drop
+    segments not longer than ``duration_thresh`` grid units. The levels are concatenated and passed
+    through :func:`~egolab.models.segment_nms.batched_nms` (unless ``nms_method="none"``, which only
+    sorts), then mapped to seconds with ``(grid * feat_stride + 0.5 * num_frames) / fps`` clipped to
+    [0, duration].
+
+    Options of the enhanced fork (spec section 2.2), off by default: ``score_temperature`` T (a fixed
+    post-hoc scaling, not a fitted calibration; T > 1 flattens the scores), ``use_diou_nms`` (Gaussian
+    soft-NMS on the DIoU; needs ``nms_method="soft"``) and ``class_sigma`` ({class id: sigma} for
+    multiclass soft-NMS; other classes use ``nms_sigma``).
     """
 
     def __init__(
@@ -38,9 +44,14 @@ class ActionFormerPostProcessor:
         nms_sigma: float = 0.5,
         multiclass_nms: bool = True,
         voting_thresh: float = 0.75,
+        score_temperature: float = 1.0,
+        use_diou_nms: bool = False,
+        class_sigma: Mapping[Any, float] | None = None,
     ) -> None:
         if nms_method not in NMS_METHODS:
             raise ValueError(f"nms_method must be one of {NMS_METHODS}, got {nms_method!r}")
+        if score_temperature <= 0:
+            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
         if pre_nms_topk <= 0:
             raise ValueError(f"pre_nms_topk must be positive, got {pre_nms_topk}")
         if nms_method == "soft" and nms_sigma <= 0:
@@ -55,6 +66,11 @@ class ActionFormerPostProcessor:
         self.nms_sigma = nms_sigma
         self.multiclass_nms = multiclass_nms
         self.voting_thresh = voting_thresh
+        self.score_temperature = score_temperature
+        self.use_diou_nms = use_diou_nms
+        self.class_sigma = validate_nms_options(
+            nms_method == "soft", multiclass_nms, use_diou_nms, class_sigma
+        )
 
     def decode_video(
         self,
@@ -71,7 +87,8 @@ class ActionFormerPostProcessor:
         all_segs, all_scores, all_labels = [], [], []
         for logits, offs, mask, pts in zip(cls_logits, offsets, masks, points, strict=True):
             num_classes = logits.shape[-1]
-            prob = (logits.float().sigmoid() * mask[:, None].to(torch.float32)).flatten()
+            scaled = logits.float() / self.score_temperature
+            prob = (scaled.sigmoid() * mask[:, None].to(torch.float32)).flatten()
             flat_idx = torch.nonzero(prob > self.pre_nms_thresh, as_tuple=True)[0]
             prob = prob[flat_idx]
             num_topk = min(self.pre_nms_topk, flat_idx.numel())
@@ -113,6 +130,8 @@ class ActionFormerPostProcessor:
             multiclass=self.multiclass_nms,
             sigma=self.nms_sigma,
             voting_thresh=self.voting_thresh,
+            use_diou_nms=self.use_diou_nms,
+            class_sigma=self.class_sigma,
         )
 
     @staticmethod

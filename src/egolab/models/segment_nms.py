@@ -1,4 +1,4 @@
-"""1D non-maximum suppression for temporal segments: hard NMS, soft-NMS, segment voting, batched NMS.
+"""1D non-maximum suppression for temporal segments: hard NMS, soft-NMS, DIoU soft-NMS, voting, batched NMS.
 
 Pure PyTorch/NumPy replacement for ActionFormer's compiled ``nms_1d_cpu`` extension, with the same
 semantics (see the spec, section 1.5):
@@ -14,10 +14,17 @@ semantics (see the spec, section 1.5):
 
 Soft-NMS is sequential, but each step is one argmax plus one vectorised IoU against the remaining
 segments, and it stops once ``max_num`` segments are selected (later steps cannot change them).
+
+Options of the enhanced fork (spec section 2.2), for :func:`batched_nms`:
+
+* DIoU soft-NMS (:func:`diou_soft_nms`): the Gaussian decay uses ``max(DIoU, 0)`` instead of the IoU, so a
+  segment whose centre is far from the selected one is decayed less.
+* ``class_sigma``: a Gaussian sigma per class in multiclass NMS (soft-NMS and DIoU soft-NMS).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,6 +68,19 @@ def segment_iou(segs_a: Any, segs_b: Any, eps: float = LENGTH_EPS) -> torch.Tens
     len_a = a[:, 1] - a[:, 0] + eps
     len_b = b[:, 1] - b[:, 0] + eps
     return inter / (len_a[:, None] + len_b[None, :] - inter)
+
+
+def segment_diou(segs_a: Any, segs_b: Any, eps: float = LENGTH_EPS) -> torch.Tensor:
+    """Pairwise Distance-IoU (N, M): ``IoU - (centre distance)**2 / (enclosing length)**2``.
+
+    The IoU term is :func:`segment_iou` (with the same length ``eps``, so that DIoU soft-NMS equals
+    soft-NMS when the centres coincide); the enclosing length is clamped to at least ``eps``.
+    """
+    a = torch.as_tensor(segs_a).reshape(-1, 2)
+    b = torch.as_tensor(segs_b).reshape(-1, 2).to(a.dtype)
+    centre_dist = 0.5 * ((a[:, None, 0] + a[:, None, 1]) - (b[None, :, 0] + b[None, :, 1]))
+    enclosing = torch.maximum(a[:, None, 1], b[None, :, 1]) - torch.minimum(a[:, None, 0], b[None, :, 0])
+    return segment_iou(a, b, eps) - torch.square(centre_dist / enclosing.clamp(min=eps))
 
 
 def _iou_one(x1: float, x2: float, area: float, xs1: np.ndarray, xs2: np.ndarray, areas: np.ndarray):
@@ -160,6 +180,64 @@ def soft_nms(
     return _pack(segs, labels, np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float32))
 
 
+def diou_soft_nms(
+    segs: Any,
+    scores: Any,
+    labels: Any = None,
+    sigma: float = 0.5,
+    min_score: float = 0.001,
+    max_num: int = -1,
+) -> NMSOutput:
+    """Gaussian soft-NMS with DIoU: ``w = exp(-max(DIoU, 0)**2 / sigma)``; returns selection order.
+
+    Same loop as :func:`soft_nms` (take the highest *current* score, decay the rest, discard those below
+    ``min_score``, stop after ``max_num`` selections), in float32 torch: each step is one argmax and one
+    DIoU row over all remaining segments.
+    """
+    if sigma <= 0:
+        raise ValueError(f"DIoU soft-NMS sigma must be > 0, got {sigma}")
+    segs = _as_float_tensor(segs)
+    scores = _as_float_tensor(scores)
+    labels = None if labels is None else torch.as_tensor(labels).cpu()
+    _check_inputs(segs, scores, labels)
+    rest, sc, idx = segs, scores.clone(), torch.arange(segs.shape[0])
+    keep: list[int] = []
+    kept_scores: list[float] = []
+    while idx.numel() and (max_num <= 0 or len(keep) < max_num):
+        k = int(torch.argmax(sc))
+        keep.append(int(idx[k]))
+        kept_scores.append(float(sc[k]))
+        diou = segment_diou(rest[k : k + 1], rest)[0]
+        sc = sc * torch.exp(-torch.square(diou.clamp(min=0)) / sigma)
+        alive = sc >= min_score
+        alive[k] = False
+        rest, sc, idx = rest[alive], sc[alive], idx[alive]
+    return _pack(segs, labels, np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float32))
+
+
+def validate_nms_options(
+    use_soft_nms: bool,
+    multiclass: bool,
+    use_diou_nms: bool = False,
+    class_sigma: Mapping[Any, float] | None = None,
+) -> dict[int, float] | None:
+    """Reject option combinations that would be silently ignored; return ``class_sigma`` as {int: float}.
+
+    DIoU-NMS is a soft-NMS, and a per-class sigma needs both soft-NMS and per-class (multiclass) NMS.
+    """
+    if use_diou_nms and not use_soft_nms:
+        raise ValueError("DIoU-NMS is a Gaussian soft-NMS: it needs soft-NMS (nms_method='soft')")
+    if class_sigma is None:
+        return None
+    if not (use_soft_nms and multiclass):
+        raise ValueError("class_sigma needs soft-NMS (nms_method='soft') with multiclass NMS")
+    sigmas = {int(c): float(s) for c, s in class_sigma.items()}
+    bad = {c: s for c, s in sigmas.items() if s <= 0}
+    if bad:
+        raise ValueError(f"class_sigma values must be > 0, got {bad}")
+    return sigmas
+
+
 def segment_voting(nms_segs: Any, all_segs: Any, all_scores: Any, iou_threshold: float) -> torch.Tensor:
     """Refine each kept segment as the IoU*score-weighted mean of all segments with IoU >= threshold.
 
@@ -188,14 +266,19 @@ def batched_nms(
     multiclass: bool = True,
     sigma: float = 0.5,
     voting_thresh: float = 0.75,
+    use_diou_nms: bool = False,
+    class_sigma: Mapping[Any, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ActionFormer's NMS step: per class (``multiclass``) or class-agnostic with optional voting.
 
-    Soft-NMS uses the Gaussian decay. Each NMS call keeps at most ``max_seg_num`` segments; the union is
+    Soft-NMS uses the Gaussian decay, on the IoU or, with ``use_diou_nms``, on the DIoU
+    (:func:`diou_soft_nms`). In multiclass mode ``class_sigma`` ({class id: sigma}) overrides ``sigma``
+    for the classes it names. Each NMS call keeps at most ``max_seg_num`` segments; the union is
     then sorted by score and truncated to ``max_seg_num``. Class-agnostic mode refines the kept
     segments by :func:`segment_voting` over all input segments when ``voting_thresh > 0``.
     Returns float32 (N, 2) segments, float32 (N,) scores and int64 (N,) labels.
     """
+    sigmas = validate_nms_options(use_soft_nms, multiclass, use_diou_nms, class_sigma) or {}
     segs = _as_float_tensor(segs).reshape(-1, 2)
     scores = _as_float_tensor(scores).reshape(-1)
     labels = torch.as_tensor(labels).cpu().reshape(-1).to(torch.int64)
@@ -203,18 +286,23 @@ def batched_nms(
     if segs.shape[0] == 0:
         return torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
 
-    def run(s: torch.Tensor, p: torch.Tensor, lab: torch.Tensor) -> NMSOutput:
+    def run(s: torch.Tensor, p: torch.Tensor, lab: torch.Tensor, sig: float) -> NMSOutput:
+        if use_diou_nms:  # validated: only with soft-NMS
+            return diou_soft_nms(s, p, lab, sig, min_score, max_seg_num)
         if use_soft_nms:
-            return soft_nms(s, p, lab, iou_threshold, sigma, min_score, "gaussian", max_seg_num)
+            return soft_nms(s, p, lab, iou_threshold, sig, min_score, "gaussian", max_seg_num)
         return hard_nms(s, p, lab, iou_threshold, min_score, max_seg_num)
 
     if multiclass:
-        parts = [run(segs[labels == c], scores[labels == c], labels[labels == c]) for c in labels.unique()]
+        parts = [
+            run(segs[labels == c], scores[labels == c], labels[labels == c], sigmas.get(int(c), sigma))
+            for c in labels.unique()
+        ]
         new_segs = torch.cat([p.segments for p in parts])
         new_scores = torch.cat([p.scores for p in parts])
         new_labels = torch.cat([p.labels for p in parts])
     else:
-        out = run(segs, scores, labels)
+        out = run(segs, scores, labels, sigma)
         new_segs, new_scores, new_labels = out.segments, out.scores, out.labels
         if voting_thresh > 0 and new_segs.shape[0] > 0:
             new_segs = segment_voting(new_segs, segs, scores, voting_thresh)
