@@ -5,20 +5,26 @@ Behaviour follows the released code (happyharrycn/actionformer_release, ``convTr
 input and output formats. Reading order: masked primitives, positional encoding, attention, transformer
 block, backbone, necks, point generator, heads, the full model, optimizer parameter groups.
 
+Options from the enhanced fork (``backbone_type: convTransformerv2``, ``head_type: v2``,
+``fpn_type: cs_fpn``) live in :mod:`egolab.models.actionformer_v2`; the defaults build the release model.
+
 Internally every tensor is channel-first (B, C, T) and masks are bool (B, 1, T).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_REGRESSION_RANGE = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000))
-FPN_TYPES = ("identity", "fpn")
+FPN_TYPES = ("identity", "fpn", "cs_fpn")
+BACKBONE_TYPES = ("convTransformer", "convTransformerv2")
+HEAD_TYPES = ("v1", "v2")
 EMPTY_CLASS_PRIOR = 1e-6
 PADDED_KEY_BIAS = -1e4
 
@@ -117,27 +123,30 @@ def sinusoid_encoding(length: int, dim: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- attention
 class ConvProjection(nn.Module):
-    """One of the query/key/value maps of MHCA: depthwise (strided) conv -> LayerNorm -> 1x1 conv."""
+    """One of the query/key/value maps of MHCA: depthwise (strided) conv -> LayerNorm -> 1x1 conv.
 
-    def __init__(self, n_embd: int, stride: int) -> None:
+    ``out_channels`` (default n_embd) is smaller for the keys / values of grouped-query attention.
+    """
+
+    def __init__(self, n_embd: int, stride: int, out_channels: int | None = None) -> None:
         super().__init__()
         kernel_size = stride + 1 if stride > 1 else 3
         self.conv = MaskedConv1D(n_embd, n_embd, kernel_size, stride=stride, groups=n_embd, bias=False)
         self.norm = LayerNorm(n_embd)
-        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.proj = nn.Conv1d(n_embd, out_channels or n_embd, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, out_mask = self.conv(x, mask)
         return self.proj(self.norm(out)), out_mask
 
 
-def _split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, C, T) -> (B, H, T, C/H)."""
     batch, channels, length = x.shape
     return x.view(batch, n_head, channels // n_head, length).transpose(2, 3)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, H, T, C/H) -> (B, C, T)."""
     batch, n_head, length, head_dim = x.shape
     return x.transpose(2, 3).reshape(batch, n_head * head_dim, length)
@@ -160,12 +169,12 @@ class MaskedMHCA(nn.Module):
         k, kv_mask = self.key(x, mask)
         v, _ = self.value(x, mask)
         out = F.scaled_dot_product_attention(
-            _split_heads(q, self.n_head),
-            _split_heads(k, self.n_head),
-            _split_heads(v, self.n_head),
+            split_heads(q, self.n_head),
+            split_heads(k, self.n_head),
+            split_heads(v, self.n_head),
             attn_mask=kv_mask[:, None],  # (B, 1, 1, T_k), True where the key is valid
         )
-        out = self.proj_drop(self.proj(_merge_heads(out)))
+        out = self.proj_drop(self.proj(merge_heads(out)))
         return out * q_mask.to(out.dtype), q_mask
 
 
@@ -235,18 +244,29 @@ class LocalMaskedMHCA(nn.Module):
         k, kv_mask = self.key(x, mask)
         v, _ = self.value(x, mask)
         out = local_window_attention(
-            _split_heads(q, self.n_head),
-            _split_heads(k, self.n_head),
-            _split_heads(v, self.n_head),
+            split_heads(q, self.n_head),
+            split_heads(k, self.n_head),
+            split_heads(v, self.n_head),
             kv_mask[:, 0],
             self.window_size,
             rel_bias=None if self.rel_pe is None else self.rel_pe[0, 0],
         )
-        out = self.proj_drop(self.proj(_merge_heads(out)))
+        out = self.proj_drop(self.proj(merge_heads(out)))
         return out * q_mask.to(out.dtype), q_mask
 
 
 # --------------------------------------------------------------------------------------- transformer
+def feed_forward(n_embd: int, pdrop: float = 0.0) -> nn.Sequential:
+    """The block MLP: 1x1 conv to 4C, GELU, 1x1 conv back to C, with dropout."""
+    return nn.Sequential(
+        nn.Conv1d(n_embd, 4 * n_embd, 1),
+        nn.GELU(),
+        nn.Dropout(pdrop),
+        nn.Conv1d(4 * n_embd, n_embd, 1),
+        nn.Dropout(pdrop),
+    )
+
+
 class TransformerBlock(nn.Module):
     """Pre-LN block; with stride > 1 it downsamples (strided attention + max-pooled skip)."""
 
@@ -271,13 +291,7 @@ class TransformerBlock(nn.Module):
             self.pool_skip = nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
         else:
             self.pool_skip = nn.Identity()
-        self.mlp = nn.Sequential(
-            nn.Conv1d(n_embd, 4 * n_embd, 1),
-            nn.GELU(),
-            nn.Dropout(proj_pdrop),
-            nn.Conv1d(4 * n_embd, n_embd, 1),
-            nn.Dropout(proj_pdrop),
-        )
+        self.mlp = feed_forward(n_embd, proj_pdrop)
         if path_pdrop > 0.0:
             self.drop_path_attn = AffineDropPath(n_embd, path_pdrop)
             self.drop_path_mlp = AffineDropPath(n_embd, path_pdrop)
@@ -298,6 +312,8 @@ class ConvTransformerBackbone(nn.Module):
 
     Returns the stem output and every branch output: ``n_branch + 1`` levels with strides
     ``scale_factor ** l``. A list ``input_dim`` with ``proj_dims`` projects each stream (1x1) first.
+    ``make_block(stride, window)`` builds each transformer block (default: the v1 TransformerBlock) and
+    ``embd_norm(channels)`` the norm after each embedding conv when ``with_ln`` (default LayerNorm).
     """
 
     def __init__(
@@ -316,6 +332,8 @@ class ConvTransformerBackbone(nn.Module):
         path_pdrop: float = 0.0,
         use_abs_pe: bool = False,
         use_rel_pe: bool = False,
+        make_block: Callable[[int, int], nn.Module] | None = None,
+        embd_norm: Callable[[int], nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
         n_embd_layers, n_stem, n_branch = arch
@@ -334,19 +352,24 @@ class ConvTransformerBackbone(nn.Module):
             self.embd.append(
                 MaskedConv1D(in_channels if idx == 0 else n_embd, n_embd, embd_kernel_size, bias=not with_ln)
             )
-            self.embd_norm.append(LayerNorm(n_embd) if with_ln else nn.Identity())
+            self.embd_norm.append(embd_norm(n_embd) if with_ln else nn.Identity())
         self.use_abs_pe = use_abs_pe
         if use_abs_pe:
             self.register_buffer(
                 "pos_embd", sinusoid_encoding(max_len, n_embd) / n_embd**0.5, persistent=False
             )
-        block_args = dict(proj_pdrop=proj_pdrop, path_pdrop=path_pdrop, use_rel_pe=use_rel_pe)
-        self.stem = nn.ModuleList(
-            TransformerBlock(n_embd, n_head, 1, window_sizes[0], **block_args) for _ in range(n_stem)
-        )
+        if make_block is None:
+            make_block = functools.partial(
+                TransformerBlock,
+                n_embd,
+                n_head,
+                proj_pdrop=proj_pdrop,
+                path_pdrop=path_pdrop,
+                use_rel_pe=use_rel_pe,
+            )
+        self.stem = nn.ModuleList(make_block(1, window_sizes[0]) for _ in range(n_stem))
         self.branch = nn.ModuleList(
-            TransformerBlock(n_embd, n_head, scale_factor, window_sizes[1 + idx], **block_args)
-            for idx in range(n_branch)
+            make_block(scale_factor, window_sizes[1 + idx]) for idx in range(n_branch)
         )
 
     def _position_encoding(self, length: int) -> torch.Tensor:
@@ -463,6 +486,17 @@ class PointGenerator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------- heads
+def make_trunk(
+    head_type: str, in_dim: int, feat_dim: int, num_layers: int, kernel_size: int, with_ln: bool
+) -> nn.Module:
+    """The shared conv trunk of a head: v1 (``HeadTrunk``) or v2 (``actionformer_v2.HeadTrunkV2``)."""
+    if head_type == "v2":
+        from egolab.models.actionformer_v2 import HeadTrunkV2
+
+        return HeadTrunkV2(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+    return HeadTrunk(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+
+
 class HeadTrunk(nn.Module):
     """(num_layers - 1) x [MaskedConv1D -> LayerNorm -> ReLU], applied to each level separately."""
 
@@ -494,9 +528,10 @@ class ClsHead(nn.Module):
         with_ln: bool = True,
         prior_prob: float = 0.01,
         empty_cls: Sequence[int] = (),
+        head_type: str = "v1",
     ) -> None:
         super().__init__()
-        self.trunk = HeadTrunk(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.trunk = make_trunk(head_type, in_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.cls = MaskedConv1D(self.trunk.out_dim, num_classes, kernel_size)
         with torch.no_grad():
             self.cls.conv.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
@@ -523,9 +558,10 @@ class RegHead(nn.Module):
         num_layers: int = 3,
         kernel_size: int = 3,
         with_ln: bool = True,
+        head_type: str = "v1",
     ) -> None:
         super().__init__()
-        self.trunk = HeadTrunk(in_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.trunk = make_trunk(head_type, in_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.offset = MaskedConv1D(self.trunk.out_dim, 2, kernel_size)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
 
@@ -549,6 +585,13 @@ class ActionFormer(nn.Module):
     projection sizes that the released code packs into a list ``embd_dim``), plus the ``train_cfg``
     entries that shape the model (dropout, droppath, cls_prior_prob, head_empty_cls). Configuration
     errors raise ``ValueError`` at construction.
+
+    Fork options (see :mod:`egolab.models.actionformer_v2`), all off by default:
+    ``backbone_type="convTransformerv2"`` builds v2 transformer blocks, each switch independent:
+    ``use_rope`` (rotary positions on q/k), ``use_sdpa`` (local windows through SDPA), ``use_rms_norm``
+    (RMSNorm in the embedding and the blocks, as the fork), ``use_swiglu``, ``n_kv_head`` (grouped-query
+    attention; None means n_head). ``head_type="v2"`` gives
+    the deeper residual heads, ``fpn_type="cs_fpn"`` the cross-scale (top-down + bottom-up) neck.
     """
 
     def __init__(
@@ -580,6 +623,13 @@ class ActionFormer(nn.Module):
         droppath: float = 0.1,
         cls_prior_prob: float = 0.01,
         head_empty_cls: Sequence[int] = (),
+        backbone_type: str = "convTransformer",
+        n_kv_head: int | None = None,
+        use_rope: bool = False,
+        use_sdpa: bool = False,
+        use_rms_norm: bool = False,
+        use_swiglu: bool = False,
+        head_type: str = "v1",
     ) -> None:
         super().__init__()
         self.input_dim = int(input_dim) if isinstance(input_dim, int) else [int(d) for d in input_dim]
@@ -603,8 +653,27 @@ class ActionFormer(nn.Module):
         proj_dims = None if proj_dims is None else [int(d) for d in proj_dims]
         self._check_dims(embd_dim, n_head, proj_dims, fpn_type, fpn_dim)
         empty_cls = [int(c) for c in head_empty_cls]
-        self._check_head(head_num_layers, cls_prior_prob, empty_cls)
+        self._check_head(head_num_layers, cls_prior_prob, empty_cls, head_type)
+        v2_switches = dict(
+            use_rope=use_rope, use_sdpa=use_sdpa, use_rms_norm=use_rms_norm, use_swiglu=use_swiglu
+        )
+        self._check_backbone(backbone_type, embd_dim, n_head, n_kv_head, v2_switches)
 
+        make_block, embd_norm = None, LayerNorm
+        if backbone_type == "convTransformerv2":
+            from egolab.models.actionformer_v2 import RMSNorm, TransformerBlockV2
+
+            embd_norm = RMSNorm if use_rms_norm else LayerNorm
+            make_block = functools.partial(
+                TransformerBlockV2,
+                embd_dim,
+                n_head,
+                n_kv_head=n_kv_head,
+                proj_pdrop=dropout,
+                path_pdrop=droppath,
+                use_rel_pe=use_rel_pe,
+                **v2_switches,
+            )
         self.backbone = ConvTransformerBackbone(
             self.input_dim,
             embd_dim,
@@ -620,18 +689,28 @@ class ActionFormer(nn.Module):
             path_pdrop=droppath,
             use_abs_pe=use_abs_pe,
             use_rel_pe=use_rel_pe,
+            make_block=make_block,
+            embd_norm=embd_norm,
         )
+        neck_args = (embd_dim, fpn_dim, num_backbone_levels, scale_factor, fpn_start_level, fpn_with_ln)
         if fpn_type == "identity":
             self.neck = IdentityNeck(embd_dim, num_backbone_levels, fpn_start_level, fpn_with_ln)
+        elif fpn_type == "fpn":
+            self.neck = FPNNeck(*neck_args)
         else:
-            self.neck = FPNNeck(
-                embd_dim, fpn_dim, num_backbone_levels, scale_factor, fpn_start_level, fpn_with_ln
-            )
+            from egolab.models.actionformer_v2 import CrossScaleFPN
+
+            self.neck = CrossScaleFPN(*neck_args)
         buffer_len = self.max_seq_len * max_buffer_len_factor
         self.point_generator = PointGenerator(buffer_len, self.fpn_strides, ranges)
         self._zero_conv_biases()
         num_levels = len(self.fpn_strides)
-        head_args = dict(num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln)
+        head_args = dict(
+            num_layers=head_num_layers,
+            kernel_size=head_kernel_size,
+            with_ln=head_with_ln,
+            head_type=head_type,
+        )
         self.cls_head = ClsHead(
             fpn_dim, head_dim, self.num_classes, **head_args, prior_prob=cls_prior_prob, empty_cls=empty_cls
         )
@@ -692,7 +771,11 @@ class ActionFormer(nn.Module):
         if fpn_type == "identity" and embd_dim != fpn_dim:
             raise ValueError(f"the identity neck needs embd_dim == fpn_dim, got {embd_dim} and {fpn_dim}")
 
-    def _check_head(self, head_num_layers: int, cls_prior_prob: float, empty_cls: list[int]) -> None:
+    def _check_head(
+        self, head_num_layers: int, cls_prior_prob: float, empty_cls: list[int], head_type: str
+    ) -> None:
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
         if head_num_layers < 1:
             raise ValueError(f"head_num_layers must be >= 1, got {head_num_layers}")
         if not 0.0 < cls_prior_prob < 1.0:
@@ -700,6 +783,36 @@ class ActionFormer(nn.Module):
         bad = [c for c in empty_cls if not 0 <= c < self.num_classes]
         if bad:
             raise ValueError(f"head_empty_cls has ids outside [0, {self.num_classes}): {bad}")
+
+    def _check_backbone(
+        self,
+        backbone_type: str,
+        embd_dim: int,
+        n_head: int,
+        n_kv_head: int | None,
+        switches: dict[str, bool],
+    ) -> None:
+        """The v2 switches need the v2 backbone; grouped-query heads must divide n_head; RoPE even dims."""
+        if backbone_type not in BACKBONE_TYPES:
+            raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {backbone_type!r}")
+        if backbone_type == "convTransformer":
+            used = [name for name, on in switches.items() if on]
+            if n_kv_head is not None and n_kv_head != n_head:
+                used.append(f"n_kv_head={n_kv_head}")
+            if used:
+                raise ValueError(
+                    f"{', '.join(used)}: these options need backbone_type='convTransformerv2' "
+                    "(the v1 convTransformer backbone has none of them)"
+                )
+            return
+        if n_kv_head is not None and (n_kv_head < 1 or n_head % n_kv_head != 0):
+            raise ValueError(
+                f"n_head={n_head} must be divisible by n_kv_head={n_kv_head} (grouped-query attention)"
+            )
+        if switches["use_rope"] and (embd_dim // n_head) % 2 != 0:
+            raise ValueError(
+                f"use_rope needs an even head dimension, got embd_dim / n_head = {embd_dim} / {n_head}"
+            )
 
     def _zero_conv_biases(self) -> None:
         """Released initialisation: every conv / linear bias of backbone and neck starts at zero."""
