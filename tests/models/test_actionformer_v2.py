@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from egolab.models.actionformer import (
     ActionFormer,
@@ -28,6 +30,7 @@ from egolab.models.actionformer_v2 import (
     swiglu_hidden_dim,
     windowed_sdpa_attention,
 )
+from egolab.paths import CONF_DIR
 
 V2_ALL = dict(
     backbone_type="convTransformerv2",
@@ -49,17 +52,13 @@ SMALL = dict(
     head_dim=32,
     n_head=4,
 )
-DEMO = dict(  # conf/model/actionformer/demo_v2.yaml
-    input_dim=32,
-    num_classes=5,
-    max_seq_len=256,
-    n_mha_win_size=9,
-    embd_dim=64,
-    fpn_dim=64,
-    head_dim=64,
-    droppath=0.0,
-    **V2_ALL,
-)
+
+
+def _demo_v2_model() -> ActionFormer:
+    """The model of expts/demo/localization_v2.txt, built from conf/model/actionformer/demo_v2.yaml."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("model/actionformer/demo_v2")
+    return instantiate(cfg.model.actionformer)
 
 
 def _lengths_to_mask(lengths: list[int], total: int) -> torch.Tensor:
@@ -345,7 +344,9 @@ def test_cs_fpn_is_the_fpn_plus_a_bottom_up_path():
 # --------------------------------------------------------------------------------------- full model
 def test_v2_model_on_demo_shapes_forward_backward():
     torch.manual_seed(0)
-    model = ActionFormer(**DEMO).train()
+    model = _demo_v2_model().train()
+    assert isinstance(model.neck, CrossScaleFPN) and isinstance(model.backbone.stem[0], TransformerBlockV2)
+    assert model.backbone.stem[0].attn.n_kv_head == 2 and model.backbone.stem[0].attn.use_sdpa
     assert model.max_div_factor == 32 * 8
     feats = torch.randn(2, 32, 256)
     masks = _lengths_to_mask([256, 97], 256)
