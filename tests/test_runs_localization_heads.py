@@ -1,9 +1,11 @@
-"""End-to-end runs of the SnapFormer and TBTFormer demos through launch.py (marked slow; CI runs them).
+"""End-to-end runs of the enhanced-fork localization options through launch.py (marked slow; CI runs them).
 
 * SnapFormer on the point-event demo: most events found within 0.5 s, with a time error far below both
   half the mean gap between events and what random guessing achieves under the same metric.
 * TBTFormer on the noisy-boundary demo: test mAP at least that of ActionFormer's DIoU head trained on the
   same data with the same seed and settings, minus a small tolerance.
+* The v2 backbone, heads and neck (every v2 switch on) on the localization demo: test mAP at least v1's,
+  same seed and settings, minus the same tolerance.
 """
 
 import json
@@ -14,15 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from egolab.metrics.localization import score_predictions_file
 from egolab.models.snapformer import PointEventMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAP = "expts/localization/snapformer_demo.txt"
 TBT = "expts/localization/tbtformer_demo.txt"
+V1_DEMO, V2_DEMO = "expts/demo/localization.txt", "expts/demo/localization_v2.txt"
 DIOU_HEAD = ["task=localization", "model=actionformer/demo"]  # the same TXT with ActionFormer's head
 RUN = ["-l", "logger=csv", "trainer.enable_progress_bar=false"]
 STEP_S = 4 / 30  # one feature step of the demos (4 frames at 30 fps)
-MAP_TOLERANCE = 0.03  # TBTFormer may trail DIoU by this much average mAP (seed noise of the demo)
+MAP_TOLERANCE = 0.03  # TBTFormer / v2 may trail DIoU / v1 by this much average mAP (seed noise of the demo)
 
 pytestmark = pytest.mark.slow
 
@@ -85,27 +89,13 @@ def test_snapformer_finds_point_events(egolab_env):
     assert metrics["test/point_mae_s"] <= min(0.5 * mean_gap, 0.5 * guess["point_mae_s"], STEP_S)
     assert metrics["test/average_mAP"] >= 0.8
 
-    # the predictions file holds labelled points in seconds, and re-scores to the logged metrics
+    # the predictions file holds labelled points in seconds with the tolerance, and re-scores to the
+    # logged metrics
     first = next(iter(predictions["results"].values()))[0]
     assert first["segment"][0] == first["segment"][1] and first["label"].startswith("action_")
-    metric = PointEventMetric(0.5)
-    metric.update(
-        [
-            {
-                "video_id": vid,
-                "segments": np.array([r["segment"] for r in items]).reshape(-1, 2),
-                "scores": np.array([r["score"] for r in items]),
-                "labels": np.array([r["label_id"] for r in items], np.int64),
-            }
-            for vid, items in predictions["results"].items()
-        ],
-        [
-            {"video_id": vid, "segments": np.asarray(t["segments"]), "labels": np.asarray(t["label_ids"])}
-            for vid, t in predictions["ground_truth"].items()
-        ],
-    )
-    rescored = {f"test/{k}": float(v) for k, v in metric.compute().items()}
-    assert rescored == pytest.approx(metrics, abs=1e-6)
+    assert predictions["point_tolerance_s"] == 0.5
+    rescored = score_predictions_file(run_dir_of(egolab_env, SNAP) / "predictions.json")
+    assert {f"test/{k}": v for k, v in rescored.items()} == pytest.approx(metrics, abs=1e-6)
 
 
 def test_tbtformer_keeps_up_with_the_diou_head_on_noisy_boundaries(egolab_env, tmp_path):
@@ -120,3 +110,16 @@ def test_tbtformer_keeps_up_with_the_diou_head_on_noisy_boundaries(egolab_env, t
     assert "TBTFormerLoss" not in (run_dir_of(baseline_env, TBT) / "config.yaml").read_text()
     assert diou["test/average_mAP"] >= 0.5, "the baseline must learn for the comparison to mean anything"
     assert tbt["test/average_mAP"] >= diou["test/average_mAP"] - MAP_TOLERANCE
+
+
+def test_v2_learns_the_demo_as_well_as_v1(egolab_env, tmp_path):
+    launch(["-c", V2_DEMO, *RUN], egolab_env)
+    v2 = metrics_of(egolab_env, V2_DEMO)
+    v1_env = dict(egolab_env, EGOLAB_OUTPUTS=str(tmp_path / "v1"))
+    launch(["-c", V1_DEMO, *RUN], v1_env)
+    v1 = metrics_of(v1_env, V1_DEMO)
+    print(f"v2 {v2}\nv1 {v1}")
+    config = (run_dir_of(egolab_env, V2_DEMO) / "config.yaml").read_text()
+    assert "convTransformerv2" in config and "cs_fpn" in config
+    assert v1["test/average_mAP"] >= 0.8, "v1 must learn for the comparison to mean anything"
+    assert v2["test/average_mAP"] >= v1["test/average_mAP"] - MAP_TOLERANCE

@@ -10,6 +10,7 @@ from egolab.fusion.classification import fuse_classification
 from egolab.fusion.core import find_predictions, fuse_runs, load_predictions
 from egolab.fusion.localization import fuse_localization
 from egolab.fusion.scores import check_weights, normalize_scores
+from egolab.metrics.localization import score_predictions_file as score_file
 
 NAMES = ["Novice", "Early Expert", "Intermediate Expert", "Late Expert"]
 
@@ -127,6 +128,38 @@ def test_localization_pools_weighted_detections_then_nms(tmp_path):
     other["ground_truth"] = {"w": other["ground_truth"]["v"]}
     with pytest.raises(ValueError, match="different ground truth"):
         fuse_localization([a, other], [1, 1])
+
+
+def point_payload(detections, tolerance=0.5):
+    """A SnapFormer predictions file: two GT events of class x at 5.0 s and 9.0 s, detections as points."""
+    payload = localization_payload([([t, t], p) for t, p in detections])
+    payload["ground_truth"] = {"v": {"segments": [[5.0, 5.0], [9.0, 9.0]], "label_ids": [0, 0]}}
+    payload["point_tolerance_s"] = tolerance
+    return payload
+
+
+def test_point_events_fuse_as_windows_and_rescore_with_their_tolerance(tmp_path):
+    a = point_payload([(5.1, 0.9), (12.0, 0.6)])
+    b = point_payload([(5.3, 0.8), (9.2, 0.7)])
+    fused = fuse_localization([a, b], [1.0, 1.0], soft=False, iou_threshold=0.5)
+    # windows +/- 0.5 s: 5.1 and 5.3 overlap by tIoU 0.8 / 1.2 > 0.5, so hard NMS drops the 0.4 at 5.3;
+    # the best two (the most any run kept) come back as points, scores halved by the weights
+    points = [(d["segment"], d["score"]) for d in fused["results"]["v"]]
+    assert all(s == e for (s, e), _ in points)  # points: start == end
+    assert [s for (s, _), _ in points] == pytest.approx([5.1, 9.2])  # (the NMS works in float32)
+    assert [p for _, p in points] == pytest.approx([0.45, 0.35])
+    assert fused["point_tolerance_s"] == 0.5
+    for name, payload in (("a", a), ("fused", fused)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    # run a: its top-2 are 5.1 (hit, error 0.1) and 12.0 (miss): recall 1/2; fused: 5.1 and 9.2 both hit
+    run_a = score_file(tmp_path / "a.json")
+    assert run_a["point_recall"] == pytest.approx(0.5) and run_a["point_mae_s"] == pytest.approx(0.1)
+    both = score_file(tmp_path / "fused.json")
+    assert both["point_recall"] == 1.0 and both["point_mae_s"] == pytest.approx(0.15)
+    # mAP on the +/- 0.5 s windows at tIoU 0.5 (hits within 1/3 s): ranks 5.1 hit, 9.2 hit: AP 1
+    assert both["mAP@0.5"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="point tolerances"):
+        fuse_localization([a, point_payload([], tolerance=1.0)], [1, 1])
 
 
 def test_inputs_are_checked(tmp_path):

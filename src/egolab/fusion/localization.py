@@ -17,7 +17,9 @@ def fuse_localization(
     """Per video: the union of the runs' detections with score × weight, then per-class (soft-)NMS.
 
     Weights are rescaled to sum to 1 so that fused scores stay in [0, 1]. ``max_seg_num`` defaults to
-    the largest number of detections any input run kept for one video.
+    the largest number of detections any input run kept for one video. Point events (files with
+    ``point_tolerance_s``, from SnapFormer) go through the NMS as windows ``t +/- tolerance`` and come out
+    as points again.
     """
     import torch
 
@@ -29,6 +31,10 @@ def fuse_localization(
             "label_names"
         ):
             raise ValueError("runs were scored against different ground truth or classes; cannot fuse them")
+    tolerances = {payload.get("point_tolerance_s") for payload in payloads}
+    if len(tolerances) > 1:
+        raise ValueError(f"runs have different point tolerances {sorted(map(str, tolerances))}; cannot fuse")
+    tolerance = tolerances.pop() or 0.0
     total = sum(weights)
     if total <= 0:
         raise ValueError("fusion weights must sum to a positive number")
@@ -45,8 +51,9 @@ def fuse_localization(
     results = {}
     for vid in sorted(pooled):
         rows = np.array(pooled[vid], np.float64).reshape(-1, 4)
+        windows = rows[:, :2] + np.array([-tolerance, tolerance])
         segs, scores, labels = batched_nms(
-            torch.from_numpy(rows[:, :2]),
+            torch.from_numpy(windows),
             torch.from_numpy(rows[:, 2]),
             torch.from_numpy(rows[:, 3].astype(np.int64)),
             iou_threshold=iou_threshold,
@@ -56,6 +63,8 @@ def fuse_localization(
             multiclass=True,
             sigma=sigma,
         )
+        if tolerance:
+            segs = segs.mean(dim=1, keepdim=True).expand(-1, 2)
         results[vid] = [
             {"segment": [float(s), float(e)], "score": float(p), "label": names[int(c)], "label_id": int(c)}
             for (s, e), p, c in zip(segs.tolist(), scores.tolist(), labels.tolist(), strict=True)

@@ -750,11 +750,14 @@ def evaluate_files(
 
 def score_predictions_file(path: str | Path) -> dict[str, float]:
     """Recompute a run's test metrics from its ``predictions.json`` (which carries the ground truth it
-    was scored against, the tIoU thresholds and top-k), as :class:`DetectionMAP` computed them."""
+    was scored against, the tIoU thresholds and top-k), as :class:`DetectionMAP` computed them, or for
+    point events (a file with ``point_tolerance_s``) as SnapFormer's :class:`PointEventMetric` did."""
     data = _read_json(str(path), "prediction")
     for key in ("results", "ground_truth", "tiou_thresholds"):
         if key not in data:
             raise AnnotationFormatError(f"{path}: not an egolab localization predictions file (no {key!r})")
+    if data.get("point_tolerance_s") is not None:
+        return _score_point_events(data)
     rows = [
         (vid, *item["segment"], item["score"], item["label_id"])
         for vid, items in data["results"].items()
@@ -774,6 +777,33 @@ def score_predictions_file(path: str | Path) -> dict[str, float]:
     )
     res = evaluate_detection(gt, pred, data["tiou_thresholds"], data.get("top_k", []))
     return result_values(res, data["tiou_thresholds"])
+
+
+def _score_point_events(data: Mapping[str, Any]) -> dict[str, float]:
+    """The point metrics of a SnapFormer predictions file (its detections are points ``[t, t]``)."""
+    from egolab.models.snapformer import PointEventMetric
+
+    metric = PointEventMetric(data["point_tolerance_s"], data["tiou_thresholds"], data.get("top_k", []))
+    preds, targets = [], []
+    for vid, truth in data["ground_truth"].items():
+        items = data["results"].get(vid, [])
+        preds.append(
+            {
+                "video_id": vid,
+                "segments": np.array([r["segment"] for r in items], np.float64).reshape(-1, 2),
+                "scores": np.array([r["score"] for r in items], np.float64),
+                "labels": np.array([r["label_id"] for r in items], np.int64),
+            }
+        )
+        targets.append(
+            {
+                "video_id": vid,
+                "segments": np.array(truth["segments"], np.float64).reshape(-1, 2),
+                "labels": np.array(truth["label_ids"], np.int64),
+            }
+        )
+    metric.update(preds, targets)
+    return {name: float(value) for name, value in metric.compute().items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

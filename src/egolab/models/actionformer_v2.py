@@ -299,6 +299,8 @@ class CrossScaleFPN(nn.Module):
     Top-down: 1x1 laterals, each level adds its coarser neighbour upsampled (nearest). Bottom-up: from the
     finest level up, each level adds the previous (finer) output downsampled by a strided 3-tap conv, which
     gives coarse levels a short path to fine-grained features. Outputs: depthwise 3-tap conv -> LayerNorm.
+    As in the v1 FPN, sums are not re-masked before the convs (padded steps next to the end of a video
+    hold the upsampled coarser value); every output is masked.
     """
 
     def __init__(

@@ -172,7 +172,8 @@ class LocalizationTask(L.LightningModule):
 
     def write_predictions(self, run_dir: str | Path) -> Path:
         """ActivityNet submission json (labels by name) plus label ids, and the ground truth and tIoU
-        thresholds the test scored them against, so late fusion can re-score without the dataset."""
+        thresholds the test scored them against, so late fusion can re-score without the dataset.
+        Point-event runs also store the metric's ``point_tolerance_s``."""
         names = self.label_names
         results = {}
         for pred in self.test_predictions:
@@ -202,6 +203,9 @@ class LocalizationTask(L.LightningModule):
             "top_k": list(self.metric.top_k),
             "ground_truth": ground_truth,
         }
+        tolerance = getattr(self.metric, "tolerance_s", None)
+        if tolerance is not None:  # point events (SnapFormer): scored and fused as centre +/- tolerance
+            payload["point_tolerance_s"] = float(tolerance)
         path = Path(run_dir) / PREDICTIONS_FILE
         path.write_text(json.dumps(payload))
         return path
