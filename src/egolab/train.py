@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from egolab.launch.runs import last_checkpoint
+    from egolab.recipe import apply_recipe
 
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -88,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         plugins=_plugins(),
     )
 
+    apply_recipe(cfg.get("recipe"), trainer, task, cfg.data.batch_size)
     for logger in trainer.loggers:  # the seed and the whole setting as W&B config / hparams
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

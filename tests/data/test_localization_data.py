@@ -744,3 +744,57 @@ def test_custom_dataset_class_from_the_data_config():
     dm.setup("fit")
     assert isinstance(dm.train_dataset, TinyDataset)
     assert dm.train_dataset.kwargs["json_file"].endswith("localization/annotations/demo.json")
+
+
+# ---------------------------------------------------------------------------------------------- real Ego4D MQ
+EGO4D_MQ = SHARED_DATA / "ego4d" / "mq" / "ego4d_mq_clip_annotations.json"
+EGO4D_LABEL_MAP = SHARED_DATA / "ego4d" / "ego4d_mq_label_map_actionformer.txt"
+
+
+def test_real_ego4d_mq_clip_file_reads_as_shipped(tmp_path):
+    """The Ego4D experiment's data config reads the MQ clip json as shipped (no `database` wrapper,
+    subsets train / val / test, labels with literal quotes) with its three feature streams."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from egolab.launch.txtfile import expand_sweep, read_experiment
+    from egolab.paths import CONF_DIR, REPO_ROOT
+
+    require_shared(EGO4D_MQ)
+    clips = json.loads(EGO4D_MQ.read_text())
+    assert len(clips) == 2495 and "database" not in clips
+    chosen = {
+        s: [c for c, e in clips.items() if e["subset"] == s and e["annotations"]][:3]
+        for s in ("train", "val")
+    }
+    folders = [tmp_path / name for name in ("slowfast", "omnivore", "egovlp")]
+    for folder, dim in zip(folders, (2304, 1536, 256)):
+        folder.mkdir()
+        for clip in chosen["train"] + chosen["val"]:
+            np.save(folder / f"{clip}.npy", np.zeros((40, dim), np.float32))
+    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / "localization" / "ego4d_mq.txt"))
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    overrides += [
+        f"data.dataset.json_file={EGO4D_MQ}",
+        f"data.dataset.feat_folders=[{','.join(map(str, folders))}]",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    make = instantiate(cfg.data.dataset)
+    val = make(split=list(cfg.data.val_split), training=False)
+    train = make(split=list(cfg.data.train_split), training=True)
+    assert (val.video_ids, train.video_ids) == (chosen["val"], chosen["train"])  # in json order
+    assert (len(val.skipped), len(train.skipped)) == (521 - 3, 1486 - 3)  # clips without features
+    # class ids are the json's label_id; the names are the ActionFormer label map's 110, quotes kept (the
+    # clip file numbers them in an order of its own: its id 0 is the map's 91)
+    label_map = [line.split("\t", 1)[1] for line in EGO4D_LABEL_MAP.read_text().splitlines() if line.strip()]
+    assert sorted(val.label_names) == sorted(label_map) and len(label_map) == 110
+    ids = {a["label"]: a["label_id"] for e in clips.values() for a in e["annotations"]}
+    assert all(val.label_names[i] == name for name, i in ids.items())
+    clip, item = val.video_ids[0], val[0]
+    annotations = clips[clip]["annotations"]
+    assert item["feats"].shape == (2304 + 1536 + 256, 40)
+    assert item["labels"].tolist() == [a["label_id"] for a in annotations]
+    # seconds -> grid at 30 fps, stride 16, 32 frames: t * 30 / 16 - 1
+    start, end = annotations[0]["segment"]
+    torch.testing.assert_close(item["segments"][0], torch.tensor([start * 1.875 - 1, end * 1.875 - 1]))

@@ -1,6 +1,7 @@
 """ActionFormer label assignment and losses, checked against hand-worked numbers; a tiny overfit run."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -279,6 +280,31 @@ def test_loss_values_and_normaliser_update():
     assert no_pos["reg_loss"].item() == 0.0
     assert no_pos["final_loss"].item() == pytest.approx(no_pos["cls_loss"].item())
     assert "loss_normalizer" in criterion.state_dict()  # persistent: resumes exactly
+
+
+def _normaliser_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(rank)
+    outputs = _synthetic_outputs(torch.randn(2, 8, 2), torch.rand(2, 8, 2) * 3, valid_length=8)
+    # rank 0: one GT -> 3 positives (t = 3, 4, 5); rank 1: also [0, 3] -> t = 1, 2: 5 positives
+    second = torch.zeros(0, 2) if rank == 0 else torch.tensor([[0.0, 3.0]])
+    segments = [torch.tensor([[2.0, 6.0]]), second]
+    labels = [torch.zeros(len(s), dtype=torch.long) for s in segments]
+    criterion = ActionFormerLoss(num_classes=2, center_sample="none", init_loss_norm=100.0).train()
+    criterion(outputs, segments, labels)
+    Path(out_dir, f"{rank}.txt").write_text(repr(criterion.loss_normalizer.item()))
+    dist.destroy_process_group()
+
+
+def test_normaliser_averages_the_positive_count_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_normaliser_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    values = [float((tmp_path / f"{rank}.txt").read_text()) for rank in range(2)]
+    # mean positives (3 + 5) / 2 = 4 on both ranks: N = 0.9 * 100 + 0.1 * 4
+    assert values == [pytest.approx(0.9 * 100 + 0.1 * 4)] * 2
 
 
 def test_auto_loss_weight_and_label_smoothing():

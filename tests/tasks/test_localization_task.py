@@ -43,23 +43,18 @@ def test_warmup_then_cosine_per_step():
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    # 5 warmup steps from 0, then a half cosine over the 5 remaining: 1, cos terms, ...
-    np.testing.assert_allclose(lrs[:6], [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-9)
+    # 5 warmup steps from 0 rising by 1 / (5 - 1) as the release's (the base rate at step 4), then a half
+    # cosine over the 5 remaining: 1, cos terms, ...
+    np.testing.assert_allclose(lrs[:6], [0, 0.25, 0.5, 0.75, 1.0, 1.0], atol=1e-9)
     np.testing.assert_allclose(lrs[6:], [0.5 * (1 + np.cos(np.pi * k / 5)) for k in range(1, 5)], atol=1e-9)
 
 
-def test_linear_lr_scaling_multiplies_by_processes_and_accumulation():
-    task = make_task(lr_scaling="linear", warmup_epochs=0, weight_decay=0.0)
-    task._trainer = SimpleNamespace(
-        estimated_stepping_batches=10, max_epochs=2, world_size=4, accumulate_grad_batches=2
-    )
-    optimizer = task.configure_optimizers()["optimizer"]
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(8.0)  # 1.0 x 4 processes x 2 micro-batches
-    plain = make_task(warmup_epochs=0, weight_decay=0.0)
-    plain._trainer = task._trainer
-    assert plain.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="lr_scaling"):
-        make_task(lr_scaling="sqrt")
+def test_lr_scale_from_the_recipe_multiplies_the_configured_rate():
+    task = make_task(warmup_epochs=0, weight_decay=0.0)
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+    assert task.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(1.0)
+    task.lr_scale = 8.0  # what egolab.recipe sets for the linear rule, e.g. 4 processes x 2 micro-batches
+    assert task.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(8.0)
 
 
 def test_ema_updates_once_per_optimizer_step_under_accumulation():

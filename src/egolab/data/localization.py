@@ -1,7 +1,8 @@
 """Temporal action localization data: ActivityNet-style json + per-video features (ActionFormer layout).
 
 * :class:`ActivityNetFeatureDataset` reads ``{"database": {vid: {"subset", "duration", "fps",
-  "annotations": [{"label", "segment", "label_id"}]}}}`` and ``<feat_folder>/<prefix><vid><ext>``
+  "annotations": [{"label", "segment", "label_id"}]}}}`` (or the same entries without the ``database``
+  wrapper, as the Ego4D Moment Queries clip file ships) and ``<feat_folder>/<prefix><vid><ext>``
   features (T x C), and converts seconds to the feature grid like the released THUMOS/ANet/EPIC/Ego4D
   loaders (spec section 1.3).
 * Features may also come from HDF5 (release ANet layout): a ``feat_folders`` entry that is an
@@ -225,6 +226,15 @@ def _remove_duplicates(segments: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
+def _is_clip_mapping(data: Any) -> bool:
+    """True for a json object whose every value is a video entry with a ``subset`` (no ``database``)."""
+    return (
+        isinstance(data, dict)
+        and bool(data)
+        and all(isinstance(e, dict) and "subset" in e for e in data.values())
+    )
+
+
 class ActivityNetFeatureDataset(Dataset):
     """Videos of the chosen subsets of an ActivityNet-style json with their per-video feature files.
 
@@ -346,15 +356,21 @@ class ActivityNetFeatureDataset(Dataset):
             data = json.loads(self.json_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{self.json_file}: not valid json ({err})") from err
-        if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-            raise ValueError(f"{self.json_file}: expected an object with a 'database' mapping")
-        for vid, entry in data["database"].items():
+        database = data.get("database") if isinstance(data, dict) else None
+        if database is None and _is_clip_mapping(data):
+            database = data  # Ego4D MQ clip annotations as shipped: entries keyed by clip_uid, no wrapper
+        if not isinstance(database, dict):
+            raise ValueError(
+                f"{self.json_file}: expected an object with a 'database' mapping, or entries keyed by "
+                "video id that each carry a 'subset' (the Ego4D Moment Queries clip file)"
+            )
+        for vid, entry in database.items():
             if not isinstance(entry, dict) or "subset" not in entry:
                 raise ValueError(f"{self.json_file}: video {vid!r} has no 'subset'")
             anns = entry.get("annotations", [])
             if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
                 raise ValueError(f"{self.json_file}: video {vid!r}: 'annotations' must be a list of objects")
-        return data["database"]
+        return database
 
     def _label_table(
         self, database: dict, label_names: Sequence[str] | None, num_classes: int | None

@@ -212,11 +212,25 @@ def regression_loss_1d(
     return _reduce(loss, reduction)
 
 
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over the processes of the default group (itself without one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / world
+
+
 class ActionFormerLoss(nn.Module):
     """Training loss of ActionFormer: ``final = cls / N + lambda * reg / N``.
 
     N is an EMA of the batch's positive count, ``N <- m*N + (1-m)*max(num_pos, 1)``, updated in training
-    mode only and kept as a persistent buffer so that resuming from a checkpoint is exact. lambda is
+    mode only and kept as a persistent buffer so that resuming from a checkpoint is exact. Under DDP
+    num_pos is the mean over processes: with gradients averaged over processes, the loss is then the
+    one-process loss of the global batch, and N is the same on every rank. lambda is
     ``loss_weight``, or ``cls.detach() / max(reg, 0.01)`` when ``loss_weight <= 0``. Label smoothing
     uses ``y <- y*(1-eps) + eps/(C+1)`` (focal loss only).
 
@@ -297,7 +311,7 @@ class ActionFormerLoss(nn.Module):
         valid = torch.cat(list(outputs["masks"]), dim=1)
         positive = valid & (cls_targets.sum(-1) > 0)
         if self.training:
-            num_pos = positive.sum().clamp(min=1).to(self.loss_normalizer.dtype)
+            num_pos = mean_over_processes(positive.sum().to(self.loss_normalizer.dtype)).clamp(min=1)
             momentum = self.loss_norm_momentum
             self.loss_normalizer.mul_(momentum).add_((1 - momentum) * num_pos)
         normalizer = self.loss_normalizer.clone()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from egolab.metrics.anticipation import PREDICTIONS_VERSION, marginalize, metrics_from_arrays, tail_action_ids
-from egolab.schedules import warmup_cosine_scheduler
+from egolab.schedules import WARMUP_AVT, warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.npz"
 EMBEDDINGS_FILE = "embeddings.pt"
@@ -81,7 +81,9 @@ class AnticipationTask(L.LightningModule):
         optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
-        scheduler = warmup_cosine_scheduler(optimizer, total, warmup, eta_min=self.eta_min, warmup_offset=1)
+        scheduler = warmup_cosine_scheduler(
+            optimizer, total, warmup, eta_min=self.eta_min, warmup_slope=WARMUP_AVT
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- training

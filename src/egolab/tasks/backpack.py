@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from egolab.metrics.backpack import PREDICTIONS_FILE, metrics_from_arrays, write_predictions
+from egolab.recipe import scale_learning_rates
 from egolab.schedules import warmup_cosine_scheduler
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class BackpackTask(L.LightningModule):
         self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.tasks}
         self.warmup_epochs = warmup_epochs
         self.eta_min = eta_min
+        self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
         self.support_run = support_run
         self.support_ckpt = support_ckpt
         self.support_run_index = support_run_index
@@ -208,6 +210,7 @@ class BackpackTask(L.LightningModule):
     def configure_optimizers(self) -> dict:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        scale_learning_rates(optimizer, self.lr_scale)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         scheduler = warmup_cosine_scheduler(optimizer, epochs, self.warmup_epochs, eta_min=self.eta_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

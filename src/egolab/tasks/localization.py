@@ -17,20 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from egolab.schedules import warmup_cosine_scheduler
+from egolab.recipe import scale_learning_rates
+from egolab.schedules import WARMUP_ACTIONFORMER, warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.json"
-
-
-LR_SCALING = ("none", "linear")
 
 
 class LocalizationTask(L.LightningModule):
     """ActionFormer recipe: AdamW with linear warmup + cosine per iteration, EMA weights for evaluation.
 
-    ``lr_scaling="linear"`` multiplies the configured learning rate by the number of processes times
-    ``trainer.accumulate_grad_batches`` (the fork's ``train_ddp.py`` rule for a larger effective batch);
-    ``"none"`` (default) keeps it as configured. The EMA is updated once per optimizer step, so gradient
+    The warmup rises as the release's (``step / (W - 1)``). ``lr_scale`` (set at start-up by
+    :mod:`egolab.recipe` from the ``recipe`` config block, e.g. the linear rule on another world size)
+    multiplies the configured learning rate. The EMA is updated once per optimizer step, so gradient
     accumulation does not make it decay faster.
     """
 
@@ -45,11 +43,8 @@ class LocalizationTask(L.LightningModule):
         warmup_epochs: int = 5,
         eta_min: float = 1e-8,
         ema_decay: float = 0.999,
-        lr_scaling: str = "none",
     ) -> None:
         super().__init__()
-        if lr_scaling not in LR_SCALING:
-            raise ValueError(f"task.lr_scaling must be one of {LR_SCALING}, got {lr_scaling!r}")
         self.model = model
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.criterion = criterion
@@ -60,7 +55,7 @@ class LocalizationTask(L.LightningModule):
         self.warmup_epochs = warmup_epochs
         self.eta_min = eta_min
         self.ema_decay = ema_decay
-        self.lr_scaling = lr_scaling
+        self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
         self._eval_preds: list[dict] = []
         self.test_predictions: list[dict] = []
         self.eval_targets: list[dict] = []
@@ -88,13 +83,12 @@ class LocalizationTask(L.LightningModule):
         from egolab.models.actionformer import param_groups
 
         optimizer = self.optimizer_factory(param_groups(self.model, self.weight_decay))
-        if self.lr_scaling == "linear":
-            factor = self.trainer.world_size * self.trainer.accumulate_grad_batches
-            for group in optimizer.param_groups:
-                group["lr"] *= factor
+        scale_learning_rates(optimizer, self.lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
-        scheduler = warmup_cosine_scheduler(optimizer, total, warmup, eta_min=self.eta_min)
+        scheduler = warmup_cosine_scheduler(
+            optimizer, total, warmup, eta_min=self.eta_min, warmup_slope=WARMUP_ACTIONFORMER
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- training

@@ -28,6 +28,7 @@ from egolab.metrics.vqa import (
     write_submission,
 )
 from egolab.models.qwen_vl import QwenVL
+from egolab.recipe import scale_learning_rates
 from egolab.schedules import warmup_cosine_scheduler
 
 SUBMISSION_FILE = "submission.json"
@@ -64,6 +65,7 @@ class VQATask(L.LightningModule):
         self.processor_name = processor
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+        self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
         self.max_new_tokens = max_new_tokens
         self.parse = parse
         self.strict_loading = False  # checkpoints hold only the trained parameters (checked on load)
@@ -89,6 +91,7 @@ class VQATask(L.LightningModule):
             {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        scale_learning_rates(optimizer, self.lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = warmup_cosine_scheduler(optimizer, total, math.ceil(total * self.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
