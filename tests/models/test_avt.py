@@ -94,8 +94,73 @@ def test_vit_frames_loads_a_local_checkpoint_only(tmp_path):
     )
     target.load_pretrained()
     torch.testing.assert_close(target.vit.patch_embed.proj.weight, source.vit.patch_embed.proj.weight)
+    from safetensors.torch import save_file  # timm's hub format reads too
+
+    save_file({k: v.contiguous() for k, v in source.vit.state_dict().items()}, tmp_path / "vit.safetensors")
+    hub = ViTFrames(
+        "vit_base_patch16_384", str(tmp_path / "vit.safetensors"), temporal_blocks=0, model_kwargs=kwargs
+    )
+    hub.load_pretrained()
+    torch.testing.assert_close(hub.vit.blocks[0].attn.qkv.weight, source.vit.blocks[0].attn.qkv.weight)
     missing = ViTFrames(
         "vit_base_patch16_384", str(tmp_path / "none.pth"), temporal_blocks=0, model_kwargs=kwargs
     )
     with pytest.raises(FileNotFoundError, match="none.pth"):
         missing.load_pretrained()
+
+
+def avt_in21k_state_dict(dim: int = 32, classes: int = 5) -> dict[str, torch.Tensor]:
+    """A depth-1 ViT in the key layout of AVT's jx_vit_base_patch16_224_in21k checkpoint (32 px, patch 16)."""
+    torch.manual_seed(1)
+    shapes = {
+        "cls_token": (1, 1, dim), "pos_embed": (1, 5, dim),
+        "patch_embed.proj.weight": (dim, 3, 16, 16), "patch_embed.proj.bias": (dim,),
+        "blocks.0.norm1.weight": (dim,), "blocks.0.norm1.bias": (dim,),
+        "blocks.0.attn.qkv.weight": (3 * dim, dim), "blocks.0.attn.qkv.bias": (3 * dim,),
+        "blocks.0.attn.proj.weight": (dim, dim), "blocks.0.attn.proj.bias": (dim,),
+        "blocks.0.norm2.weight": (dim,), "blocks.0.norm2.bias": (dim,),
+        "blocks.0.mlp.fc1.weight": (4 * dim, dim), "blocks.0.mlp.fc1.bias": (4 * dim,),
+        "blocks.0.mlp.fc2.weight": (dim, 4 * dim), "blocks.0.mlp.fc2.bias": (dim,),
+        "norm.weight": (dim,), "norm.bias": (dim,),
+        "pre_logits.fc.weight": (dim, dim), "pre_logits.fc.bias": (dim,),
+        "head.weight": (classes, dim), "head.bias": (classes,),
+    }  # fmt: skip
+    return {key: torch.randn(shape) for key, shape in shapes.items()}
+
+
+def test_vit_pre_logits_load_every_checkpoint_weight(tmp_path, caplog):
+    """The pre-logits layer is loaded and applied (tanh(fc(cls))); nothing but the named head is dropped."""
+    kwargs = {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    state = avt_in21k_state_dict()
+    torch.save({"model": state}, tmp_path / "in21k.pth")
+
+    def backbone(**options):
+        return ViTFrames(
+            "vit_base_patch16_224", str(tmp_path / "in21k.pth"), 0, model_kwargs=kwargs, **options
+        )
+
+    vit = backbone(pre_logits=True)
+    with caplog.at_level("INFO", logger="egolab.models.vit_frames"):
+        vit.load_pretrained()
+    assert "ignored ['head.bias', 'head.weight']" in caplog.text and "no weights" not in caplog.text
+    torch.testing.assert_close(vit.pre_logits.fc.weight, state["pre_logits.fc.weight"])
+    torch.testing.assert_close(vit.vit.blocks[0].mlp.fc2.bias, state["blocks.0.mlp.fc2.bias"])
+    frames = torch.randn(2, 3, 3, 32, 32)
+    cls = vit.vit.forward_features(frames.flatten(0, 1))[:, 0]
+    expected = torch.tanh(cls @ state["pre_logits.fc.weight"].T + state["pre_logits.fc.bias"])
+    torch.testing.assert_close(vit(frames), expected.view(2, 3, 32))
+
+    # without the layer, its weights are refused unless named: the release drops them (timm 0.4.12)
+    with pytest.raises(ValueError, match=r"pre_logits.fc.bias', 'pre_logits.fc.weight'\].*pre_logits=true"):
+        backbone().load_pretrained()
+    release = backbone(ignore_keys=["head.", "pre_logits."])
+    release.load_pretrained()
+    torch.testing.assert_close(release.vit.norm.weight, state["norm.weight"])
+    torch.save({**state, "blocks.0.ls1.gamma": torch.ones(32)}, tmp_path / "in21k.pth")
+    with pytest.raises(ValueError, match=r"does not have: \['blocks.0.ls1.gamma'\]"):
+        backbone(pre_logits=True).load_pretrained()
+    del state["norm.bias"]
+    torch.save(state, tmp_path / "in21k.pth")
+    caplog.clear()
+    backbone(pre_logits=True).load_pretrained()
+    assert "no weights for ['norm.bias']" in caplog.text

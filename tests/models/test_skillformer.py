@@ -1,11 +1,14 @@
 """SkillFormer: time-embedding interpolation, the exact CrossViewFusion computation, LoRA placement and
-freezing, the paper's trainable-parameter counts, view handling and pretrained-weight loading."""
+freezing, LoRA gradients (ours) vs none (the release's effective model), the paper's trainable-parameter
+counts, view handling and pretrained-weight loading."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from egolab.models.skillformer import (
     LORA_TARGET_MODULES,
@@ -16,6 +19,7 @@ from egolab.models.skillformer import (
     interpolate_time_embeddings,
     trainable_parameters,
 )
+from egolab.paths import CONF_DIR
 
 TINY = dict(
     image_size=16,
@@ -129,6 +133,59 @@ def test_lora_targets_and_freezing():
     assert set(LORA_TARGET_MODULES) == per_layer
     assert all(n.startswith(("backbone.", "fusion.", "classifier.")) for n in trainable)
     assert any(n.startswith("fusion.") for n in trainable) and "classifier.weight" in trainable
+
+
+def configured_model(*overrides: str) -> SkillFormer:
+    """conf/model/skillformer/ego.yaml (LoRA r32, gradient checkpointing on) shrunk to a tiny random model."""
+    tiny = [
+        "model.backbone.pretrained=null",
+        "model.backbone.num_frames=4",
+        *(f"model.backbone.config.{k}={v}" for k, v in TINY.items()),
+        "model.fusion.hidden_dim=40",
+        "model.fusion.num_heads=4",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["task=skill", "model=skillformer/ego", "data=skill/demo", *tiny, *overrides]
+        )
+    assert cfg.model.backbone.gradient_checkpointing and cfg.model.backbone.lora.r == 32
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+def lora_gradients(model: SkillFormer) -> dict[str, torch.Tensor | None]:
+    """Gradients of every LoRA tensor after one training-mode backward pass on 2 takes x 2 views."""
+    model.train()
+    model(torch.randn(2, 2, 4, 3, 16, 16)).logsumexp(-1).sum().backward()
+    return {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_lora_gets_gradients_ours_and_none_in_the_release_frozen_variant():
+    ours = configured_model()
+    grads = lora_gradients(ours)
+    assert len(grads) == 2 * 7 * TINY["num_hidden_layers"]  # A and B of 7 targets per layer
+    assert all(g is not None for g in grads.values())
+    # B starts at 0, so A's first gradient is 0 too; every B gets a non-zero one
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n)
+
+    frozen = configured_model("model.backbone.freeze=true")
+    assert frozen.backbone.freeze
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    assert all(g is None for g in lora_gradients(frozen).values())
+    assert frozen.classifier.weight.grad is not None and frozen.fusion.mean.grad is not None
+    head = sum(p.numel() for m in (frozen.fusion, frozen.classifier) for p in m.parameters())
+    assert trainable_parameters(frozen) == head
+    frozen.load_state_dict(ours.state_dict())  # the same tensors: only what trains differs
+
+    # what the release did: reentrant checkpointing (transformers 4.x default) on inputs that come from
+    # frozen embeddings passes no gradient into the layers, so no LoRA tensor gets one
+    release = configured_model()
+    release.backbone.encoder.get_base_model().activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": True}
+    )
+    with pytest.warns(UserWarning, match="requires_grad"):
+        assert all(g is None for g in lora_gradients(release).values())
+    assert release.classifier.weight.grad is not None
 
 
 def test_full_fine_tuning_trains_every_backbone_weight():

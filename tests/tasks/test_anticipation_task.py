@@ -5,10 +5,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from shared_data import SHARED_DATA, require_shared
 
+from egolab.launch.txtfile import expand_sweep, read_experiment
 from egolab.metrics.anticipation import marginalize, score_predictions_file
 from egolab.paths import CONF_DIR
 from egolab.prototypes import generate_visual_prototypes
+
+EXPTS = CONF_DIR.parent / "expts" / "anticipation"
+# RULSTM's EK100 validation segments with no past frame (main.py --ek100 scores them zero): those at frame 1
+RULSTM_DISCARDED = {
+    "P01_11_0", "P03_26_0", "P08_10_0", "P08_16_0", "P08_17_0", "P17_02_0", "P18_04_0", "P26_33_0",
+    "P26_38_0", "P32_02_0",
+}  # fmt: skip
 
 CONTRACT = {
     "uid", "action_logits", "verb_scores", "noun_scores", "verb_label", "noun_label", "action_label",
@@ -145,3 +154,90 @@ def test_official_protocol_counts_discarded_segments_with_zero_scores():
     # so action 0 has recall 1/2 and the class mean over actions {0, 6} is 0.75
     assert metrics_from_arrays(official)["action_recall5"] == pytest.approx(0.75)
     assert metrics_from_arrays(official)["action_top1"] == pytest.approx(2 / 3)
+
+
+def test_include_discarded_zero_scores_exactly_rulstm_discarded_segments():
+    """RULSTM's official EK100 validation: 10 zero-scored segments, the 20 more AVT drops are predicted."""
+    from egolab.data.anticipation import AnticipationDataset
+    from egolab.tasks.anticipation import prediction_arrays
+
+    root = require_shared(SHARED_DATA / "epic_kitchens_100") / "rulstm_ek100"
+    overrides = ["task=anticipation", "model=avt/features", "data=anticipation/ek100_rulstm"]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "task.include_discarded=true"])
+    assert cfg.data.dataset.rulstm_discard is True  # the one switch sets the dataset's discarding too
+    dataset = AnticipationDataset(
+        root / "validation.csv", root / "actions.csv", lambda *a: None, 1.0, 10.0, 10, 1.0,
+        check_first=False, rulstm_discard=True,
+    )  # fmt: skip
+    logits = np.random.default_rng(0).normal(size=(len(dataset), 3806)).astype(np.float32)
+    arrays = prediction_arrays(dataset, list(range(len(dataset))), logits, include_discarded=True)
+    assert len(arrays["uid"]) == 9668
+    zero = ~arrays["action_logits"].any(axis=1)
+    assert set(arrays["uid"][zero].tolist()) == RULSTM_DISCARDED
+    assert not arrays["verb_scores"][zero].any()
+    np.testing.assert_allclose(arrays["verb_scores"][~zero].sum(1), 1.0, atol=1e-4)
+
+
+def compose_experiment(name: str):
+    overrides = expand_sweep(read_experiment(EXPTS / name))[0]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, "paths.root=/nonexistent"])
+
+
+@pytest.mark.parametrize("name", ["ek100_avt_tsn.txt", "ek100_avt_ircsn.txt", "ek100_avt_vit.txt"])
+def test_avt_ek100_experiments_follow_the_release(name):
+    """AVT expts/0{1,2,4}_ek100_*.txt: classifier dropout 0.2, SGD with Nesterov momentum 0.9."""
+    cfg = compose_experiment(name)
+    assert cfg.model.head.dropout == 0.2
+    optimizer = cfg.task.optimizer
+    assert (optimizer._target_, optimizer.momentum, optimizer.nesterov) == ("torch.optim.SGD", 0.9, True)
+    decoder, reader = cfg.model.decoder, cfg.data.dataset.reader
+    if name == "ek100_avt_ircsn.txt":  # 04_ek100_avt_ig65m.txt
+        assert (decoder.n_layer, decoder.n_head, cfg.task.warmup_epochs) == (8, 2, 5)
+        assert (reader.dims, reader.max_backtrack, cfg.model.feat_dim) == ([2048], 9, 2048)
+    else:
+        assert (decoder.n_layer, decoder.n_head, cfg.task.warmup_epochs) == (6, 4, 20)
+    # the effective batch and LR as released: per-GPU batch x GPUs, AVT's LR x its world size
+    released = {"ek100_avt_vit.txt": (3, 32, 3.2e-3)}.get(name, (64, 2, 2e-3))
+    assert (cfg.data.batch_size, cfg.recipe.world_size, cfg.recipe.batch_size, optimizer.lr) == (
+        released[0],
+        released[1],
+        released[0],
+        released[2],
+    )
+    if name == "ek100_avt_vit.txt":  # the release's backbone: the checkpoint's pre-logits keys named unused
+        backbone = cfg.model.backbone
+        assert backbone.pre_logits is False and list(backbone.ignore_keys) == ["head.", "pre_logits."]
+
+
+def test_init_from_copies_the_named_blocks_before_fitting(tmp_path):
+    """`task.init_from=<run dir>`: a fresh fit starts from the earlier run's blocks (lr 0 keeps them)."""
+    import lightning as L
+
+    run = tmp_path / "vit_run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = compose_demo(tmp_path, f"task.init_from={run}", "task.optimizer.lr=0.0")
+    torch.manual_seed(1)
+    source = instantiate(cfg.model).state_dict()
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in source.items()}}, run / "checkpoints" / "last.ckpt"
+    )
+    datamodule, task = instantiate(cfg.data), instantiate(cfg.task)
+    mapper = task.model.mapper.weight.detach().clone()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    state = task.model.state_dict()
+    for block in ("decoder.", "head.fc.", "prototypes.visual", "prototype_attention.proj."):
+        keys = [k for k in state if k.startswith(block)]
+        assert keys and all(torch.equal(state[k], source[k]) for k in keys), block
+    assert torch.equal(state["mapper.weight"], mapper)  # not a released init block: its own init
+    assert not torch.equal(state["mapper.weight"], source["mapper.weight"])

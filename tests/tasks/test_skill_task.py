@@ -1,19 +1,26 @@
-"""SkillTask: parameter groups, clip averaging, and a short fit + test on generated takes
-with LoRA and CrossViewFusion whose predictions.json re-scores to the logged metrics."""
+"""SkillTask: HF-Trainer parameter groups, clip averaging, a short fit + test on generated takes with
+LoRA and CrossViewFusion whose predictions.json re-scores to the logged metrics (the paper's population
+too), and the recipe of the skill experiments."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
 
 from egolab.data.demo_skill import make_demo_skill
-from egolab.data.skill import LABEL_NAMES, SkillDataModule, SkillDataset
+from egolab.data.skill import LABEL_NAMES, SkillDataModule, SkillDataset, read_annotation_jsonl
+from egolab.launch.txtfile import read_experiment
 from egolab.metrics.skill import score_predictions_file
 from egolab.models.skillformer import CrossViewFusion, SkillFormer, TimesformerBackbone
-from egolab.tasks.skill import SkillTask
+from egolab.paths import CONF_DIR
+from egolab.tasks.skill import SkillTask, decay_parameter_names
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "expts" / "skill"
 
 TINY = dict(
     image_size=16,
@@ -34,19 +41,66 @@ def adamw(params):
     return torch.optim.AdamW(params, lr=1e-3)
 
 
-def test_optimizer_has_trainable_parameters_only_and_decays_matrices_only():
+# CrossViewFusion + classifier parameters, as the HF Trainer splits them: decay on all but biases and
+# LayerNorm weights, so on the calibration scalars `mean` and `std` (plain parameters) too
+HEAD_DECAY = {
+    "fusion.mean",
+    "fusion.std",
+    "fusion.attention.in_proj_weight",
+    "fusion.attention.out_proj.weight",
+    "fusion.project.0.weight",
+    "fusion.gate.weight",
+    "fusion.out.0.weight",
+    "classifier.weight",
+}
+HEAD_NO_DECAY = {
+    "fusion.view_norm.weight",
+    "fusion.view_norm.bias",
+    "fusion.attention.in_proj_bias",
+    "fusion.attention.out_proj.bias",
+    "fusion.project.0.bias",
+    "fusion.project.2.weight",  # LayerNorm
+    "fusion.project.2.bias",
+    "fusion.gate.bias",
+    "fusion.out.0.bias",
+    "fusion.out.1.weight",  # LayerNorm
+    "fusion.out.1.bias",
+    "classifier.bias",
+}
+
+
+def test_optimizer_groups_split_weight_decay_like_the_hf_trainer():
     task = SkillTask(tiny_skillformer(), adamw, weight_decay=0.01, warmup_ratio=0.1, load_pretrained=False)
     task.trainer = SimpleNamespace(estimated_stepping_batches=40)
     config = task.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    assert ids == {id(p) for p in task.model.parameters() if p.requires_grad}
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
-    assert any(p is task.model.fusion.std for p in no_decay["params"])
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert len(lora) == 2 * 7 * TINY["num_hidden_layers"]
+    assert {names[id(p)] for p in decay["params"]} == HEAD_DECAY | lora
+    assert {names[id(p)] for p in no_decay["params"]} == HEAD_NO_DECAY
+    assert trainable == HEAD_DECAY | HEAD_NO_DECAY | lora  # nothing frozen enters the optimizer
     assert config["lr_scheduler"]["interval"] == "step"
     assert scheduler.lr_lambdas[0](2) == pytest.approx(0.5)  # warmup: ceil(0.1 * 40) = 4 steps
+
+
+def test_decay_names_match_the_hf_trainer_on_a_fully_trained_backbone():
+    """Full fine-tuning: the embeddings (cls token, position and time tables, patch conv) decay, the
+    backbone's LayerNorms and biases do not; the same names as transformers' Trainer picks."""
+    from transformers import Trainer
+
+    model = SkillFormer(TimesformerBackbone(4, TINY), CrossViewFusion(32, 40, num_heads=4))
+    decay = decay_parameter_names(model)
+    names = {n for n, _ in model.named_parameters()}  # HF also lists MultiheadAttention's unset (None) q/k/v
+    assert set(Trainer.get_decay_parameter_names(None, model)) & names == decay
+    embeddings = {"cls_token", "position_embeddings", "time_embeddings", "patch_embeddings.projection.weight"}
+    assert {f"backbone.encoder.embeddings.{n}" for n in embeddings} <= decay
+    assert "backbone.encoder.layernorm.weight" not in decay and "backbone.encoder.layernorm.bias" not in decay
+    assert "backbone.encoder.encoder.layer.0.layernorm_before.weight" not in decay
+    assert decay & (HEAD_DECAY | HEAD_NO_DECAY) == HEAD_DECAY
 
 
 class FixedLogits(nn.Module):
@@ -65,6 +119,7 @@ def test_evaluation_averages_clip_probabilities_per_take():
         "pixel_values": pixels,
         "labels": torch.tensor([1, -1]),
         "take_uids": ["a", "b"],
+        "take_names": ["take_a", "take_b"],
         "scenarios": ["X", "Y"],
     }
     task._eval_step(batch)
@@ -75,6 +130,7 @@ def test_evaluation_averages_clip_probabilities_per_take():
     assert first["probs"] == pytest.approx(expected.tolist())
     assert first["logits"] == pytest.approx([1.0, 2.0, 0.0, 0.0])
     assert first["label"] == 1 and second["label"] is None and second["probs"] == pytest.approx([0.25] * 4)
+    assert first["take_name"] == "take_a"
 
 
 def test_fit_and_test_write_predictions_that_rescore_to_the_metrics(tmp_path):
@@ -93,7 +149,21 @@ def test_fit_and_test_write_predictions_that_rescore_to_the_metrics(tmp_path):
         batch_size=4,
         eval_batch_size=4,
     )
-    task = SkillTask(tiny_skillformer(), adamw, load_pretrained=False)
+    # the paper's way on top: a release-format population listing a basketball take twice and a rock
+    # climbing take (bucketed "music" by the release's path rule: no "bouldering" in its name) once
+    takes = read_annotation_jsonl(tmp_path / "demo" / "annotations" / "skill_test.jsonl")
+    basketball = next(t for t in takes if t.scenario == "Basketball")
+    climbing = next(t for t in takes if t.scenario == "Rock Climbing")
+    population = tmp_path / "population.jsonl"
+    population.write_text(
+        "".join(
+            json.dumps({"video_paths": list(t.video_paths), "proficiency_level": LABEL_NAMES[t.label]}) + "\n"
+            for t in (basketball, climbing, basketball)
+        )
+    )
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):  # read at setup, before any training
+        SkillTask(tiny_skillformer(), adamw, paper_population=tmp_path / "missing.jsonl").setup("fit")
+    task = SkillTask(tiny_skillformer(), adamw, load_pretrained=False, paper_population=population)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -110,9 +180,22 @@ def test_fit_and_test_write_predictions_that_rescore_to_the_metrics(tmp_path):
     trainer.fit(task, datamodule=data)
     after = task.model.backbone.encoder.get_base_model().encoder.layer[0].output.dense.base_layer.weight
     assert torch.equal(before, after), "frozen backbone weights changed"
-    assert "val/accuracy" in trainer.callback_metrics
+    assert "val/accuracy" in trainer.callback_metrics and "val/paper_accuracy" not in trainer.callback_metrics
     metrics = trainer.test(task, datamodule=data, verbose=False)[0]
-    assert set(metrics) == {"test/accuracy", "test/accuracy_basketball", "test/accuracy_rock_climbing"}
+    paper = {"test/paper_accuracy", "test/paper_accuracy_basketball", "test/paper_accuracy_music"}
+    assert (
+        set(metrics) == {"test/accuracy", "test/accuracy_basketball", "test/accuracy_rock_climbing"} | paper
+    )
+    records = {r["take_uid"]: r for r in task.test_records}
+    right = {
+        t.take_uid: float(max(range(4), key=records[t.take_uid]["probs"].__getitem__) == t.label)
+        for t in (basketball, climbing)
+    }
+    assert metrics["test/paper_accuracy"] == pytest.approx(
+        (2 * right[basketball.take_uid] + right[climbing.take_uid]) / 3
+    )
+    assert metrics["test/paper_accuracy_basketball"] == right[basketball.take_uid]
+    assert metrics["test/paper_accuracy_music"] == right[climbing.take_uid]
 
     path = task.write_predictions(tmp_path)
     payload = json.loads(path.read_text())
@@ -120,9 +203,32 @@ def test_fit_and_test_write_predictions_that_rescore_to_the_metrics(tmp_path):
     assert payload["label_names"] == list(LABEL_NAMES)
     assert len(payload["results"]) == 8
     entry = next(iter(payload["results"].values()))
-    assert set(entry) == {"probs", "logits", "pred", "label", "scenario"}
+    assert set(entry) == {"take_name", "probs", "logits", "pred", "label", "scenario"}
     assert sum(entry["probs"]) == pytest.approx(1.0, abs=1e-5) and len(entry["logits"]) == 4
     assert entry["pred"] == max(range(4), key=entry["probs"].__getitem__)
-    rescored = score_predictions_file(path)
+    rescored = score_predictions_file(path, population)
     assert rescored == pytest.approx({k.removeprefix("test/"): v for k, v in metrics.items()}, abs=1e-6)
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def overrides(path: Path) -> list[str]:
+    return [line.text for line in read_experiment(path)]
+
+
+@pytest.mark.parametrize("setting", ["ego", "exos", "egoexos"])
+def test_skill_experiments_clip_gradients_and_release_frozen_is_the_setting_frozen(setting):
+    """Every skill experiment clips gradients at norm 1.0 (the HF Trainer default); release_frozen_<setting>
+    is <setting> with the backbone frozen (LoRA included) and the paper's population scored."""
+    for path in EXPERIMENTS.glob("*.txt"):
+        assert "trainer.gradient_clip_val=1.0" in overrides(path), path
+    paper, frozen = (
+        overrides(EXPERIMENTS / f"{setting}.txt"),
+        overrides(EXPERIMENTS / f"release_frozen_{setting}.txt"),
+    )
+    population = "task.paper_population=${data.root}/annotations/paper_eval_population_test.jsonl"
+    assert sorted(frozen) == sorted([*paper, "model.backbone.freeze=true", population])
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*frozen, "paths.data_root=/data"])
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.model.backbone.freeze
+    assert cfg.task.paper_population == "/data/egoexo4d/annotations/paper_eval_population_test.jsonl"
+    assert cfg.model.backbone.lora.r == {"ego": 32, "exos": 48, "egoexos": 64}[setting]

@@ -9,7 +9,8 @@
   backwards from its end on the 30-fps grid of the RULSTM features (stride ``round(30 / fps)``), frames
   before the window start (or before frame 1) repeat the first valid frame. Segments whose window ends
   before 1/30 s have no observed frame and are dropped with a logged count (AVT ``drop_style=correct``);
-  their uids are kept in :attr:`AnticipationDataset.discarded`.
+  their uids are kept in :attr:`AnticipationDataset.discarded`. RULSTM's official EK100 evaluation drops
+  fewer (``rulstm_discard``, see :func:`rulstm_sequence_frames`).
 * Readers turn (segment, frame indices) into model inputs: :class:`LMDBFeatureReader` (RULSTM LMDB
   stores, keys ``<video>_frame_<10-digit frame>.jpg``, float32 values, several modalities concatenated)
   and :class:`VideoFrameReader` (decoded frames through decord, for the end-to-end ViT).
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 RULSTM_FPS = 30.0
 """Frame rate of the RULSTM feature grid (and of its split files' frame numbers)."""
+RULSTM_ALPHA = 0.25
+"""RULSTM's time step (s) on EK100 (``--alpha``)."""
+RULSTM_STEPS = 14
+"""RULSTM's sequence length on EK100 (``--S_enc 6`` + ``--S_ant 8``)."""
 
 EPIC_COLUMNS = [
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
@@ -269,6 +274,19 @@ def sample_frames(
     return np.maximum(frames, first)
 
 
+def rulstm_sequence_frames(
+    start: float, alpha: float = RULSTM_ALPHA, steps: int = RULSTM_STEPS, fps: float = RULSTM_FPS
+) -> np.ndarray:
+    """RULSTM's past frames (steps,) of an action starting at ``start`` s, before padding.
+
+    ``floor((start - k * alpha) * fps)`` for k = steps..1, in RULSTM's float arithmetic
+    (``RULSTM/dataset.py``; EK100: 14 steps of 0.25 s). RULSTM discards a segment when all are below 1
+    (it starts before frame 9) and otherwise replaces those below 1 by the smallest valid one.
+    """
+    offsets = np.arange(alpha, alpha * (steps + 1), alpha)[::-1]
+    return np.floor((start - offsets) * fps).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Readers
 
@@ -292,8 +310,11 @@ class LMDBFeatureReader:
     """Per-frame features from RULSTM LMDB stores (one per modality), concatenated on channels.
 
     ``paths`` are LMDB directories (holding ``data.mdb``), ``dims`` the feature size of each (rgb/flow
-    1024, obj 352, irCSN 2048). A missing key is looked up up to ``max_backtrack`` frames earlier (AVT
-    searches 9) before raising; the error names the store, the key and the segment. Stores are checked
+    1024, obj 352, irCSN 2048). Backward lookup (AVT ``EpicRULSTMFeatsReader``), for stores written at
+    another rate than the 30-fps grid (AVT's irCSN-152 features, 10 fps: a key every third frame): a
+    missing key ``f`` is looked up at ``f - 1``, ..., ``f - max_backtrack`` (down to frame 0, never a
+    later frame, so nothing after the observed window is read), the first present one is used (AVT: 9).
+    With none, it raises; the error names the store, the keys tried and the segment. Stores are checked
     and opened lazily in each process (the demo data may not exist yet; safe with DataLoader workers).
     """
 
@@ -322,10 +343,8 @@ class LMDBFeatureReader:
         return {**self.__dict__, "_envs": None, "_pid": None}
 
     def _get(self, txn: Any, path: Path, dim: int, segment: Segment, frame: int) -> np.ndarray:
-        for back in range(self.max_backtrack + 1):
-            if frame - back < 1:
-                break
-            key = lmdb_key(segment.video_id, frame - back)
+        for candidate in range(frame, max(frame - self.max_backtrack, 0) - 1, -1):
+            key = lmdb_key(segment.video_id, candidate)
             value = txn.get(key.encode())
             if value is not None:
                 if len(value) != 4 * dim:
@@ -334,7 +353,9 @@ class LMDBFeatureReader:
                         f"(segment {segment.uid})"
                     )
                 return np.frombuffer(value, dtype="<f4")
-        raise KeyError(f"{path}: no key {lmdb_key(segment.video_id, frame)} (segment {segment.uid})")
+        earlier = min(self.max_backtrack, frame)
+        tried = f" nor at the {earlier} frames before it" if earlier > 0 else ""
+        raise KeyError(f"{path}: no key {lmdb_key(segment.video_id, frame)}{tried} (segment {segment.uid})")
 
     def __call__(self, segment: Segment, frames: np.ndarray, training: bool = False) -> torch.Tensor:
         """Features (T, sum(dims)) float32 of the given 1-based frames of the segment's video."""
@@ -437,6 +458,13 @@ class AnticipationDataset(Dataset):
 
     ``unseen_participants`` (EPIC ``EPIC_100_unseen_participant_ids_*.csv``) and ``tail_verbs`` /
     ``tail_nouns`` (``EPIC_100_tail_*.csv``) feed the unseen and tail metrics.
+
+    Segments without an observed frame go to :attr:`discarded` (AVT ``drop_style=correct``). With
+    ``rulstm_discard``, an evaluation dataset discards as RULSTM's official EK100 evaluation instead: only
+    the segments whose 14 x 0.25 s past has no frame (:func:`rulstm_sequence_frames`; 10 of EK100
+    validation, against AVT's 30); the others without an observed frame repeat RULSTM's padding frame,
+    its earliest valid one, which lies up to 0.75 s after the window end (:attr:`rulstm_padding`, uid ->
+    frame). Training datasets always discard as AVT.
     """
 
     def __init__(
@@ -455,6 +483,7 @@ class AnticipationDataset(Dataset):
         tail_nouns: PathLike | None = None,
         feat_fps: float = RULSTM_FPS,
         check_first: bool = True,
+        rulstm_discard: bool = False,
     ) -> None:
         if num_frames < 1 or fps <= 0 or tau_o <= 0:
             raise ValueError(
@@ -471,19 +500,36 @@ class AnticipationDataset(Dataset):
         self.training = training
         self.jitter = float(jitter)
         all_segments = [s for f in self.annotation_files for s in read_segments(f, self.actions)]
+        self.rulstm_discard = bool(rulstm_discard) and not training
         self.segments: list[Segment] = []
         self.discarded: list[Segment] = []
+        self.rulstm_padding: dict[str, int] = {}
         for segment in all_segments:
             _, end = anticipation_window(segment.start, self.tau_a, self.tau_o)
-            (self.segments if end * self.feat_fps >= 1.0 - 1e-6 else self.discarded).append(segment)
+            keep = end * self.feat_fps >= 1.0 - 1e-6
+            if self.rulstm_discard:
+                past = rulstm_sequence_frames(segment.start, fps=self.feat_fps)
+                if past.max() >= 1 and not keep:
+                    self.rulstm_padding[segment.uid] = int(past[past >= 1].min())
+                keep = past.max() >= 1
+            (self.segments if keep else self.discarded).append(segment)
         if self.discarded:
+            rule = "RULSTM: none in its past sequence" if self.rulstm_discard else "AVT drop_style=correct"
             log.warning(
                 "%s: %d segments start less than tau_a=%.2f s (+1 frame) into their video and have no "
-                "observed frame; they are left out (AVT drop_style=correct), e.g. %s",
+                "observed frame (%s); they are left out, e.g. %s",
                 ", ".join(map(str, self.annotation_files)),
                 len(self.discarded),
                 self.tau_a,
+                rule,
                 self.discarded[:3],
+            )
+        if self.rulstm_padding:
+            log.warning(
+                "%d segments without an observed frame repeat RULSTM's padding frame (official EK100 "
+                "protocol), e.g. %s",
+                len(self.rulstm_padding),
+                list(self.rulstm_padding.items())[:3],
             )
         self._timeline = self._build_timeline(all_segments)
         unseen = set(read_id_list(unseen_participants)) if unseen_participants else None
@@ -531,6 +577,9 @@ class AnticipationDataset(Dataset):
 
     def frames_of(self, segment: Segment, jitter: float = 0.0) -> np.ndarray:
         """Sampled frames of a segment; ``jitter`` in [0, 1) moves the window start by ``jitter * tau_o``."""
+        padding = self.rulstm_padding.get(segment.uid)
+        if padding is not None:
+            return np.full(self.num_frames, padding, dtype=np.int64)
         start, end = anticipation_window(segment.start, self.tau_a, self.tau_o)
         start += jitter * (end - start)
         return sample_frames(start, end, self.num_frames, self.fps, self.feat_fps)

@@ -9,7 +9,9 @@ Official annotations (``annotations/proficiency_demonstrator_{train,val}.json``;
      "video_paths": [ego, exo1, exo2, exo3, exo4], "proficiency_level": "Early Expert", "label": 1}
 
 (a view absent from the json is ``null``; a take without ``proficiency_score``, e.g. the hidden test
-split, has ``null`` level and label). Command line::
+split, has ``null`` level and label). :func:`read_release_jsonl` reads the SkillFormer release's own
+jsonl (``{"video_paths": [...], "analysis": ..., "proficiency_level": ...}`` per row, takes repeated as
+listed), the format of the paper's evaluation file. Command line::
 
     python -m egolab.data.skill prepare_annotation \\
         DATA/egoexo4d/annotations/proficiency_demonstrator_train.json \\
@@ -205,6 +207,49 @@ def read_annotation_jsonl(path: str | os.PathLike) -> list[TakeRecord]:
     return takes
 
 
+@dataclass(frozen=True)
+class ReleaseRow:
+    """One row of a SkillFormer-release jsonl: its line number, take folder, label id, first video path."""
+
+    line: int
+    take_name: str
+    label: int
+    first_path: str
+
+
+def read_release_jsonl(path: str | os.PathLike) -> list[ReleaseRow]:
+    """Rows of a jsonl in the SkillFormer release's format, in file order, repeated takes kept.
+
+    Each row holds ``video_paths`` (a list whose first entry is ``takes/<take>/...``) and
+    ``proficiency_level``; errors name the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SkillFormer-release jsonl not found: {path}")
+    rows: list[ReleaseRow] = []
+    for n, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid json ({err})") from err
+        paths = rec.get("video_paths") if isinstance(rec, dict) else None
+        if not isinstance(paths, list) or not paths or not isinstance(paths[0], str):
+            raise ValueError(f"{where}: expected 'video_paths', a list of paths")
+        name = _take_name(paths[:1])
+        if not name:
+            raise ValueError(f"{where}: video path {paths[0]!r} is not takes/<take>/...")
+        label = _label_of(rec.get("proficiency_level"), f"{where}: take {name}")
+        if label is None:
+            raise ValueError(f"{where}: take {name} has no proficiency_level")
+        rows.append(ReleaseRow(n, name, label, paths[0]))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------
 # Sampling, decoding, preprocessing
 
@@ -302,10 +347,10 @@ def preprocess_frames(
 class SkillDataset(Dataset):
     """Takes of one jsonl with their selected views, as normalised clips.
 
-    Items: ``take_uid``, ``scenario``, ``label`` (-1 when hidden) and ``pixel_values``: ``(V, T, C, H, W)``
-    in training, ``(num_clips, V, T, C, H, W)`` in evaluation. See the module docstring for paths,
-    sampling and ``bad_videos``. Training windows draw from the process's global torch RNG, which
-    Lightning seeds (per DataLoader worker) and checkpoints carry.
+    Items: ``take_uid``, ``take_name``, ``scenario``, ``label`` (-1 when hidden) and ``pixel_values``:
+    ``(V, T, C, H, W)`` in training, ``(num_clips, V, T, C, H, W)`` in evaluation. See the module
+    docstring for paths, sampling and ``bad_videos``. Training windows draw from the process's global
+    torch RNG, which Lightning seeds (per DataLoader worker) and checkpoints carry.
     """
 
     def __init__(
@@ -443,6 +488,7 @@ class SkillDataset(Dataset):
             return None
         return {
             "take_uid": take.take_uid,
+            "take_name": take.take_name,
             "scenario": take.scenario,
             "label": -1 if take.label is None else take.label,
             "pixel_values": pixels,
@@ -450,7 +496,7 @@ class SkillDataset(Dataset):
 
 
 def collate_skill(items: Sequence[dict | None]) -> dict | None:
-    """Stack items into ``pixel_values``, ``labels`` (int64), ``take_uids``, ``scenarios``.
+    """Stack items into ``pixel_values``, ``labels`` (int64), ``take_uids``, ``take_names``, ``scenarios``.
 
     Items that are ``None`` (skipped takes) are dropped; a batch with none left is ``None``.
     """
@@ -461,6 +507,7 @@ def collate_skill(items: Sequence[dict | None]) -> dict | None:
         "pixel_values": torch.stack([it["pixel_values"] for it in kept]),
         "labels": torch.tensor([it["label"] for it in kept], dtype=torch.int64),
         "take_uids": [it["take_uid"] for it in kept],
+        "take_names": [it["take_name"] for it in kept],
         "scenarios": [it["scenario"] for it in kept],
     }
 

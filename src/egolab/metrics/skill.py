@@ -3,22 +3,37 @@
 :func:`skill_metrics` scores per-take class probabilities (torchmetrics' multiclass accuracy);
 :func:`score_predictions_file` recomputes the same numbers from a run's ``predictions.json``
 (format ``egolab-skill-1``, written by :class:`egolab.tasks.skill.SkillTask`). Takes without a label
-(the hidden test split) are not scored.
+(the hidden test split) are not scored. By default each take of the evaluated split counts once, under
+its official ``scenario_name``.
+
+:func:`paper_population_metrics` scores the way the SkillFormer paper's numbers were computed: over the
+rows of the release's evaluation jsonl as listed (the paper's file lists most takes twice), each row in
+the bucket of :func:`release_scenario` (a case-sensitive match on the video path). Command line::
+
+    python -m egolab.metrics.skill RUN_DIR/predictions.json [--paper-population FILE.jsonl]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
+from egolab.data.skill import ReleaseRow, read_release_jsonl
+
 PREDICTIONS_VERSION = "egolab-skill-1"
+
+RELEASE_SCENARIOS = ("basketball", "cooking", "dance", "bouldering", "soccer")
+"""Substrings the release's inference looks for, in this order, in each part of a take's first video
+path; a path with none of them is counted as ``music``."""
 
 
 def scenario_key(name: str) -> str:
@@ -118,10 +133,89 @@ def read_predictions(path: str | os.PathLike) -> dict:
     return data
 
 
-def score_predictions_file(path: str | os.PathLike) -> dict[str, float]:
-    """Metrics of a ``predictions.json`` (keys as logged, without the ``test/`` prefix)."""
+def release_scenario(video_path: str) -> str:
+    """The release's scenario bucket of a video path: the first of :data:`RELEASE_SCENARIOS` found,
+    case-sensitively, in its ``/``-separated parts (left to right), else ``"music"``.
+
+    So ``takes/upenn_0713_Dance_2_3/...`` (capital D) counts as music, and ``takes/uniandes_bouldering_...``
+    as bouldering.
+    """
+    for part in video_path.split("/"):
+        for name in RELEASE_SCENARIOS:
+            if name in part:
+                return name
+    return "music"
+
+
+def paper_population_metrics(
+    predictions: Mapping[str, Mapping], rows: Sequence[ReleaseRow], source: str = ""
+) -> dict[str, float]:
+    """``paper_accuracy`` and ``paper_accuracy_<bucket>`` over ``rows`` as listed (a take listed twice
+    counts twice), each row scored against its own label and bucketed by :func:`release_scenario`.
+
+    ``predictions`` maps a take name to its ``probs`` (and ``label``, which must agree with the row's
+    when known); a row whose take has no prediction is an error naming ``source``, the line and the take.
+    """
+    probs, labels, buckets = [], [], []
+    for row in rows:
+        where = f"{source}:{row.line}: take {row.take_name}"
+        prediction = predictions.get(row.take_name)
+        if prediction is None:
+            raise ValueError(f"{where} has no prediction (was it in the evaluated split, or skipped?)")
+        known = prediction.get("label")
+        if known is not None and known != row.label:
+            raise ValueError(f"{where}: label {row.label} here, {known} in the evaluated split")
+        probs.append(prediction["probs"])
+        labels.append(row.label)
+        buckets.append(release_scenario(row.first_path))
+    return {f"paper_{name}": value for name, value in skill_metrics(probs, labels, buckets).items()}
+
+
+def by_take_name(entries: Sequence[Mapping], source: str = "") -> dict[str, Mapping]:
+    """Prediction entries keyed by their ``take_name`` (each name once)."""
+    named: dict[str, Mapping] = {}
+    for entry in entries:
+        name = entry.get("take_name")
+        if not name:
+            raise ValueError(f"{source}: a prediction has no take_name")
+        if name in named:
+            raise ValueError(f"{source}: take_name {name!r} appears twice")
+        named[name] = entry
+    return named
+
+
+def score_predictions_file(
+    path: str | os.PathLike, paper_population: str | os.PathLike | None = None
+) -> dict[str, float]:
+    """Metrics of a ``predictions.json`` (keys as logged, without the ``test/`` prefix); with
+    ``paper_population`` (the release's evaluation jsonl) also :func:`paper_population_metrics`."""
     results = read_predictions(path)["results"]
     uids = sorted(results)
     probs = np.asarray([results[u]["probs"] for u in uids], dtype=np.float64)
     labels = [results[u]["label"] for u in uids]
-    return skill_metrics(probs, labels, [results[u]["scenario"] for u in uids])
+    metrics = skill_metrics(probs, labels, [results[u]["scenario"] for u in uids])
+    if paper_population is not None:
+        predictions = by_take_name([results[u] for u in uids], str(path))
+        rows = read_release_jsonl(paper_population)
+        metrics.update(paper_population_metrics(predictions, rows, str(paper_population)))
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m egolab.metrics.skill PREDICTIONS [--paper-population JSONL]``: print the metrics."""
+    parser = argparse.ArgumentParser(
+        prog="python -m egolab.metrics.skill", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("predictions", help="a skill run's predictions.json")
+    parser.add_argument(
+        "--paper-population",
+        help="the SkillFormer paper's evaluation jsonl: also score its rows as listed (paper_* metrics)",
+    )
+    args = parser.parse_args(argv)
+    for name, value in score_predictions_file(args.predictions, args.paper_population).items():
+        print(f"{name}: {value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

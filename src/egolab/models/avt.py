@@ -115,14 +115,20 @@ class FeatureInput(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """AVT classifier: dropout + linear over the actions. Returns ``logits`` and the ``embedding`` fed."""
+    """AVT classifier: dropout + linear over the actions. Returns ``logits`` and the ``embedding`` fed.
+
+    ``prototypes`` and ``past`` (the call on the updated past) are accepted for the heads' shared
+    signature and unused.
+    """
 
     def __init__(self, dim: int, num_actions: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_actions)
 
-    def forward(self, x: torch.Tensor, prototypes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, prototypes: torch.Tensor | None = None, past: bool = False
+    ) -> dict[str, torch.Tensor]:
         return {"logits": self.fc(self.dropout(x)), "embedding": x}
 
 
@@ -182,7 +188,7 @@ class AnticipationModel(nn.Module):
         out.update(head)
         if self.classifier_on_past:
             past = torch.cat([feats[:, :1], decoded[:, :-1]], dim=1)
-            past_head = self.head(past, protos)
+            past_head = self.head(past, protos, past=True)
             out["past_logits"] = past_head["logits"]
             if "similarities" in past_head:
                 out["past_similarities"] = past_head["similarities"]

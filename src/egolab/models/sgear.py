@@ -8,36 +8,55 @@ Released-code behaviour (spec section 3) with these gap fills, all in the spirit
   interpolation along channels, as the release does. The (A, A) language similarity matrix is a
   non-persistent buffer. Both are read by :meth:`Prototypes.load_pretrained`, which the task calls
   before fitting (a restored checkpoint then overrides the visual prototypes).
-* :class:`PrototypeAttention`: the T prototypes most similar to the time-averaged features are the
-  queries and values, the features the keys (as released); the attention map is mixed through a gate
-  with a learnable cyclic Toeplitz (relative-position) map. The release builds that map through cos/sin
-  transforms over head groups; here each head's relative weights are softmax-normalised directly.
-* :class:`GatedPrototypeHead`: ``s = cos(z, P)``, ``z_bar = softmax(s / temperature) @ P.detach()``,
-  ``z_hat = sigmoid(b) z + (1 - sigmoid(b)) z_bar`` (b initialised to 0.5), then dropout + linear.
-  The released temperature is sqrt(C).
+* :class:`PrototypeAttention` (release ``ProtAttn`` + ``TopSimilarTokens``): the T prototypes most
+  similar to the time-averaged features are the queries and values, the features the keys, without
+  projections; the attention map is gated with an unnormalised relative-position map (cos/sin per head
+  group). The feature configs standardise the features against the prototypes first, as released.
+  Release bugs (cross-sample token mixing, scrambled head merge) are reproducible by flags.
+* :class:`GatedPrototypeHead`: ``s = cos(z, P)``, ``z_bar = softmax(s / sqrt(input width)) @ P.detach()``,
+  ``z_hat = sigmoid(b) z + (1 - sigmoid(b)) z_bar``, then dropout + linear; the feature configs detach z
+  inside the similarity, as released.
+* :func:`init_from_run` copies named blocks of an earlier run (the released feature runs start from the
+  ViT run's decoder, prototype attention, classifier and prototypes).
 * :class:`AnticipationLoss`: the release passes an undefined ``org_gamma`` as the prototypes of the
   regularisation loss; the current (detached) visual prototypes are used.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
 
-def _load_tensor(path: str | os.PathLike, key: str) -> torch.Tensor:
+
+def _load_tensor(path: str | os.PathLike, key: str, language_model: str | None = None) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prototype file not found: {path}")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or key not in data:
         raise ValueError(f"{path}: expected a dict with {key!r} (see python -m egolab.prototypes)")
+    made_by = data.get("model")
+    if language_model is not None and made_by is not None and _model_id(made_by) != _model_id(language_model):
+        raise ValueError(
+            f"{path} was encoded by {made_by!r}, the experiment names {language_model!r}: run "
+            f"python -m egolab.prototypes language --model {language_model} --actions <actions.csv> "
+            f"--out {path.parent}, or set model.prototypes.language_model={made_by}"
+        )
     return data[key].float()
+
+
+def _model_id(name: str) -> str:
+    """A sentence-transformers model name without its hub organisation (the library's own shorthand)."""
+    return name.removeprefix("sentence-transformers/")
 
 
 def resize_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,7 +67,12 @@ def resize_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Prototypes(nn.Module):
-    """Visual prototypes (A, C) and the language similarity matrix (A, A) of the action classes."""
+    """Visual prototypes (A, C) and the language similarity matrix (A, A) of the action classes.
+
+    ``language_model`` names the sentence model the language files must come from (their recorded
+    ``model``); a file made by another model is an error. The S-GEAR experiments name the paper's
+    ``sentence-transformers/all-mpnet-base-v2``, the configs the offline MiniLM default.
+    """
 
     def __init__(
         self,
@@ -58,9 +82,11 @@ class Prototypes(nn.Module):
         language_similarities: str | None = None,
         visual: str | None = None,
         freeze: bool = False,
+        language_model: str | None = None,
     ) -> None:
         super().__init__()
         self.num_actions, self.dim = num_actions, dim
+        self.language_model = language_model
         self.files = {
             "encodings": language_encodings,
             "similarities": language_similarities,
@@ -85,10 +111,11 @@ class Prototypes(nn.Module):
         if self.files["visual"] is not None:
             init = self._check(_load_tensor(self.files["visual"], "prototypes"), self.files["visual"], a)
         else:
-            init = self._check(_load_tensor(self.files["encodings"], "encodings"), self.files["encodings"], a)
+            path = self.files["encodings"]
+            init = self._check(_load_tensor(path, "encodings", self.language_model), path, a)
         self.visual.copy_(resize_channels(init, self.dim))
         if self.files["similarities"] is not None:
-            sims = _load_tensor(self.files["similarities"], "similarities")
+            sims = _load_tensor(self.files["similarities"], "similarities", self.language_model)
             self.language_similarity = self._check(sims, self.files["similarities"], a, a).to(
                 self.visual.device
             )
@@ -108,71 +135,125 @@ def cosine_matrix(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 
 class PrototypeAttention(nn.Module):
-    """S-GEAR PA: enrich the T input features with the T prototypes most similar to their mean.
+    """S-GEAR PA (release ``ProtAttn``): enrich the T input features with the T prototypes nearest their mean.
 
-    ``fused = sigmoid(a) * x + (1 - sigmoid(a)) * proj(A @ v)``, with queries and values from the
-    selected prototypes, keys from x, and ``A = sigmoid(g) softmax(q k^T / sqrt(d)) + (1 - sigmoid(g))
-    Toeplitz``. ``a`` starts at 0.5, ``g`` at 0 (an even mix).
+    The prototypes most similar (cosine) to the time-averaged features, in descending order, are both the
+    queries and the values and the features are the keys, all without projections (as released):
+    ``A = sigmoid(g) softmax(q k^T / sqrt(d)) + (1 - sigmoid(g)) R`` per head, ``out = proj(A v)``, and
+    ``fused = sigmoid(a) x + (1 - sigmoid(a)) out``. ``R`` is the relative-position map: head h's weight
+    of step |i - j|, unnormalised, through cos or sin by head group (heads 0-2 cos, 3-5 sin, 6-8 cos,
+    9 and up sin). The weights start at 0.5, ``g`` and ``a`` at 0.5 (all as released).
+
+    ``standardize``: first shift and scale x by the prototypes' global mean and std (the release's feature
+    runs). Two release bugs, each behind a flag that reproduces it (the release's reported numbers were
+    produced with both on):
+
+    * ``mix_samples``: the release's ``TopSimilarTokens`` lays the (B, T) selection out sample-major but
+      reads it back step-major, so with B > 1 sample b receives the prototypes of flat positions
+      ``b, B + b, 2B + b, ...`` of the selection, mostly other samples' (B = 2, T = 2: sample 0 gets its
+      own first and sample 1's first prototype). Default: each sample gets its own.
+    * ``release_layout``: the release merges the heads of ``A v`` (B, heads, T, d) by a plain reshape to
+      (B, T, heads * d), so step t's channels hold slices of several heads and steps. Default: step t
+      concatenates its own heads.
     """
 
-    def __init__(self, dim: int, num_heads: int = 12, max_len: int = 64, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 12,
+        max_len: int = 64,
+        dropout: float = 0.0,
+        standardize: bool = False,
+        mix_samples: bool = False,
+        release_layout: bool = False,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
+        self.standardize = standardize
+        self.mix_samples = mix_samples
+        self.release_layout = release_layout
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
-        self.toeplitz_weights = nn.Parameter(torch.zeros(num_heads, max_len))
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.toeplitz_weights = nn.Parameter(torch.full((num_heads, max_len), 0.5))
+        self.gate = nn.Parameter(torch.tensor(0.5))
         self.alpha = nn.Parameter(torch.tensor(0.5))
+        group = (torch.arange(num_heads) // 3).clamp(max=3)
+        self.register_buffer("use_sin", group % 2 == 1, persistent=False)
 
     def toeplitz(self, t: int) -> torch.Tensor:
-        """(heads, t, t) cyclic relative-position attention, row i weighting step j by w[(i - j) mod t]."""
-        offsets = (torch.arange(t)[:, None] - torch.arange(t)[None, :]) % t
-        return self.toeplitz_weights[:, :t][:, offsets].softmax(dim=-1)
+        """(heads, t, t) relative-position map: entry (h, i, j) is cos or sin of weight (h, |i - j|)."""
+        steps = torch.arange(t, device=self.toeplitz_weights.device)
+        raw = self.toeplitz_weights[:, (steps[:, None] - steps[None, :]).abs()]
+        return torch.where(self.use_sin[:, None, None], raw.sin(), raw.cos())
 
     def select(self, x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        """The T (= x's length) prototypes most similar to the time-averaged features, (B, T, C), detached."""
-        sims = cosine_matrix(x.mean(dim=1), prototypes)
-        top = sims.topk(min(x.shape[1], prototypes.shape[0]), dim=-1).indices
-        return prototypes.detach()[top]
+        """The T (= x's length) prototypes most similar to the time-averaged x, (B, T, C), detached."""
+        b, t, c = x.shape
+        if t > prototypes.shape[0]:
+            raise ValueError(f"{t} steps need as many prototypes, there are {prototypes.shape[0]}")
+        top = cosine_matrix(x.mean(dim=1), prototypes).topk(t, dim=-1).indices
+        tokens = prototypes.detach()[top]
+        if self.mix_samples:
+            tokens = tokens.reshape(t, b, c).transpose(0, 1)
+        return tokens
 
     def forward(self, x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         if t > self.toeplitz_weights.shape[1]:
             raise ValueError(f"{t} steps exceed max_len={self.toeplitz_weights.shape[1]}")
-        tokens = self.select(x, prototypes)
-        heads, hd = self.num_heads, c // self.num_heads
+        if self.standardize:
+            reference = prototypes.detach()
+            x = (x - reference.mean()) / reference.std()
+        heads = self.num_heads
 
         def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, -1, heads, hd).transpose(1, 2)
+            return y.reshape(b, t, heads, c // heads).transpose(1, 2)
 
-        q, k, v = split(self.q(tokens)), split(self.k(x)), split(self.v(tokens))
-        attn = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(dim=-1)
+        tokens = split(self.select(x, prototypes))
+        attn = (tokens @ split(x).transpose(-2, -1) / math.sqrt(c // heads)).softmax(dim=-1)
         gate = torch.sigmoid(self.gate)
-        attn = gate * attn + (1 - gate) * self.toeplitz(t).to(attn)
-        out = self.proj(self.drop(attn @ v).transpose(1, 2).reshape(b, -1, c))
+        attn = self.drop(gate * attn + (1 - gate) * self.toeplitz(t).to(attn))
+        out = attn @ tokens
+        out = out.reshape(b, t, c) if self.release_layout else out.transpose(1, 2).reshape(b, t, c)
         alpha = torch.sigmoid(self.alpha)
-        return alpha * x + (1 - alpha) * out
+        return alpha * x + (1 - alpha) * self.proj(out)
 
 
 class GatedPrototypeHead(nn.Module):
-    """S-GEAR classification head: cosine attention over the visual prototypes, gated, then linear."""
+    """S-GEAR classification head: cosine attention over the visual prototypes, gated, then linear.
+
+    ``s = cos(z, P)``, ``z_bar = softmax(s / temperature) @ P.detach()``, ``z_hat = sigmoid(b) z +
+    (1 - sigmoid(b)) z_bar`` (b starts at 0.5), then dropout + linear. The temperature is
+    ``sqrt(input_dim)``, the width of the model's input features (the release's ``sqrt(backbone_dim)``:
+    1024 for TSN, 352 for object features), or ``sqrt(dim)`` without one. ``detach_future`` computes the
+    similarities of the predicted feature from ``z.detach()`` (the release's feature runs: the semantic
+    loss and the prototype attention then reach z only through the prototypes); past steps
+    (``past=True``) never are, as released.
+    """
 
     def __init__(
-        self, dim: int, num_actions: int, dropout: float = 0.2, temperature: float | None = None
+        self,
+        dim: int,
+        num_actions: int,
+        dropout: float = 0.2,
+        temperature: float | None = None,
+        input_dim: int | None = None,
+        detach_future: bool = False,
     ) -> None:
         super().__init__()
-        self.temperature = math.sqrt(dim) if temperature is None else float(temperature)
+        width = dim if input_dim is None else input_dim
+        self.temperature = math.sqrt(width) if temperature is None else float(temperature)
+        self.detach_future = detach_future
         self.balance = nn.Parameter(torch.tensor(0.5))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_actions)
 
-    def forward(self, x: torch.Tensor, prototypes: torch.Tensor) -> dict[str, torch.Tensor]:
-        sims = cosine_matrix(x, prototypes)
+    def forward(
+        self, x: torch.Tensor, prototypes: torch.Tensor, past: bool = False
+    ) -> dict[str, torch.Tensor]:
+        sims = cosine_matrix(x.detach() if self.detach_future and not past else x, prototypes)
         attended = (sims / self.temperature).softmax(dim=-1) @ prototypes.detach()
         gate = torch.sigmoid(self.balance)
         mixed = gate * x + (1 - gate) * attended
@@ -253,3 +334,68 @@ class AnticipationLoss(nn.Module):
                 terms["regularization"] = reg.mean() if keep.any() else zero
         terms["loss"] = sum(w[name] * value for name, value in terms.items())
         return terms
+
+
+RELEASE_INIT_BLOCKS = (
+    "prototype_attention.toeplitz_weights",
+    "prototype_attention.gate",
+    "prototype_attention.proj",
+    "decoder",
+    "head.fc",
+    "prototypes",
+)
+"""What the released feature runs copy from the ViT run (``pretrain_blocks=[ProtAttn, future_predictor,
+classifier, vis_prototypes]``) in our names; the release's fusion gate ``alpha`` and head ``balancer`` sit
+outside those blocks and keep their initial values."""
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``.ckpt`` file as given, or the ``checkpoints/last.ckpt`` of a run folder."""
+    from egolab.launch.runs import last_checkpoint
+
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"init_from: no checkpoint file or run folder at {path}")
+    last = last_checkpoint(path)
+    if last is None:
+        raise FileNotFoundError(
+            f"init_from: run folder {path} has no checkpoints/last.ckpt (train that run first)"
+        )
+    return last
+
+
+def init_from_run(
+    model: nn.Module, path: str | os.PathLike, blocks: Sequence[str] = RELEASE_INIT_BLOCKS
+) -> tuple[list[str], dict[str, str]]:
+    """Copy the tensors of ``blocks`` (state-dict key prefixes) from a run's checkpoint into ``model``.
+
+    ``path`` is a Lightning checkpoint of an anticipation run (or a run folder: its last checkpoint) or a
+    plain ``model.state_dict()`` file. A tensor is copied when the checkpoint has the same key with the
+    same shape, and skipped otherwise (the reason is reported); a block matching no key of ``model`` is
+    an error. Returns the copied keys and ``{skipped key: reason}``, both also logged.
+    """
+    source = resolve_checkpoint(path)
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = {k[len("model.") :]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    own = model.state_dict()
+    loaded, skipped = {}, {}
+    for block in blocks:
+        keys = [k for k in own if k == block or k.startswith(block + ".")]
+        if not keys:
+            raise ValueError(f"init_from: block {block!r} matches no parameter of this model")
+        for key in keys:
+            theirs = state.get(key)
+            if theirs is None:
+                skipped[key] = "not in the checkpoint"
+            elif theirs.shape != own[key].shape:
+                skipped[key] = f"shape {tuple(theirs.shape)} there, {tuple(own[key].shape)} here"
+            else:
+                loaded[key] = theirs
+    model.load_state_dict(loaded, strict=False)
+    log.info("init_from %s: copied %d tensors: %s", source, len(loaded), ", ".join(loaded) or "none")
+    for key, reason in skipped.items():
+        log.warning("init_from %s: skipped %s (%s)", source, key, reason)
+    return list(loaded), skipped

@@ -6,7 +6,13 @@ CrossViewFusion of the per-view features, and a linear proficiency classifier.
   later copies a checkpoint's weights in (e.g. ``facebook/timesformer-base-finetuned-k600``), with the
   checkpoint's time embeddings linearly interpolated to ``num_frames``. With ``lora`` the encoder is
   wrapped by ``peft`` on the SkillFormer target modules and everything else in it is frozen (time
-  embeddings included); without, the whole backbone trains (the full fine-tuning baselines).
+  embeddings included); without, the whole backbone trains (the full fine-tuning baselines). With
+  ``freeze`` nothing in the backbone trains, adapters included: the released code's effective model.
+  Its ``gradient_checkpointing_enable()`` uses reentrant checkpointing (the transformers 4.x default),
+  which passes no gradient into a layer whose inputs do not require one, and the inputs of the first
+  layer come from frozen embeddings; so no LoRA tensor ever gets a gradient, ``lora_B`` stays 0, the
+  adapters add nothing, and only CrossViewFusion and the classifier learn. Ours checkpoints without
+  reentrancy, so the adapters do train unless ``freeze`` is set.
 * :class:`CrossViewFusion` is the released ``AttentiveProjector`` (spec section 1.3); :class:`MeanViewFusion`
   averages the views (baselines).
 * :class:`SkillFormer` maps ``(B, V, T, C, H, W)`` pixels to ``(B, num_classes)`` logits.
@@ -75,7 +81,8 @@ class TimesformerBackbone(nn.Module):
 
     ``config`` holds ``TimesformerConfig`` fields (those of the pretrained checkpoint when one is named);
     ``num_frames`` replaces the config's frame count. ``lora`` (``r``, ``alpha``, ``dropout``, optional
-    ``target_modules``) adds adapters and freezes the rest; ``None`` trains every weight.
+    ``target_modules``) adds adapters and freezes the rest; ``None`` trains every weight. ``freeze``
+    trains no backbone weight at all (adapters keep their initial values, an identity).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class TimesformerBackbone(nn.Module):
         pretrained: str | None = None,
         lora: Mapping[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         from transformers import TimesformerConfig, TimesformerModel
@@ -113,6 +121,9 @@ class TimesformerBackbone(nn.Module):
             )
             encoder = get_peft_model(encoder, lora_config)
         self.encoder = encoder
+        self.freeze = freeze
+        if freeze:
+            self.encoder.requires_grad_(False)
         if (
             gradient_checkpointing
         ):  # after peft, which would hook the (tuple-valued) patch embedding otherwise

@@ -7,21 +7,32 @@ keys and values get a causal temporal context, ``k + cumsum_t(w_t * k.detach()) 
 learnable per step, initialised to 1, so each frame's keys start as its own plus the earlier frames'
 detached keys). The CLS token of each frame is the output (B, T, C).
 
+``pre_logits`` adds the representation layer of the original ImageNet-21k ViTs (``tanh(Linear(C, C))`` on
+the CLS feature, keys ``pre_logits.fc.*``), which AVT's checkpoint ``jx_vit_base_patch16_224_in21k`` holds.
+AVT's release ran without it: timm 0.4.12 removes that layer when ``num_classes`` differs from the
+checkpoint's 21,843, and AVT's loader only logs the unused keys. ``pre_logits=False`` with ``pre_logits.``
+in ``ignore_keys`` reproduces that.
+
 Weights are never downloaded: ``pretrained_file`` (a timm/torch checkpoint of the same architecture) is
-loaded by :meth:`load_pretrained`, which the task calls before fitting.
+loaded by :meth:`ViTFrames.load_pretrained`, which the task calls before fitting. It logs the loaded,
+ignored and missing keys and refuses unexpected ones, so no checkpoint weight is silently dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class TemporalContextBlock(nn.Module):
@@ -66,6 +77,8 @@ class ViTFrames(nn.Module):
         temporal_blocks: int = 2,
         max_len: int = 64,
         model_kwargs: Mapping[str, Any] | None = None,
+        pre_logits: bool = False,
+        ignore_keys: Sequence[str] = ("head.",),
     ) -> None:
         super().__init__()
         import timm
@@ -73,6 +86,12 @@ class ViTFrames(nn.Module):
         self.vit = timm.create_model(model_name, pretrained=False, num_classes=0, **dict(model_kwargs or {}))
         self.out_dim = int(self.vit.num_features)
         self.pretrained_file = pretrained_file
+        self.ignore_keys = tuple(ignore_keys)
+        self.pre_logits = (
+            nn.Sequential(OrderedDict(fc=nn.Linear(self.out_dim, self.out_dim), act=nn.Tanh()))
+            if pre_logits
+            else None
+        )
         heads = getattr(self.vit.blocks[0].attn, "num_heads", max(self.out_dim // 64, 1))
         self.temporal = nn.ModuleList(
             TemporalContextBlock(self.out_dim, heads, max_len) for _ in range(temporal_blocks)
@@ -86,15 +105,46 @@ class ViTFrames(nn.Module):
             nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * temporal_blocks))
 
     def load_pretrained(self) -> None:
-        """Load the ViT weights from ``pretrained_file`` (classifier weights are ignored)."""
+        """Load ``pretrained_file`` (timm key layout) into the ViT and the pre-logits layer.
+
+        Keys starting with one of ``ignore_keys`` (default: the pretraining classifier ``head.``) are
+        skipped; loaded, ignored and missing keys are logged; any other key the model lacks raises.
+        """
         if self.pretrained_file is None:
             return
         path = Path(os.path.expanduser(self.pretrained_file))
         if not path.is_file():
             raise FileNotFoundError(f"pretrained ViT weights not found: {path}")
-        from timm.models import load_checkpoint
+        if path.suffix == ".safetensors":  # timm's hub format (safetensors comes with timm)
+            from safetensors.torch import load_file
 
-        load_checkpoint(self.vit, str(path), strict=False)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for wrapper in ("state_dict", "model"):  # training checkpoints wrap the weights
+            if isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+                break
+        ignored = sorted(k for k in state if k.startswith(self.ignore_keys))
+        weights = {k: v for k, v in state.items() if not k.startswith(self.ignore_keys)}
+        target = nn.ModuleDict({"vit": self.vit})
+        if self.pre_logits is not None:
+            target["pre_logits"] = self.pre_logits
+        routed = {(k if k.startswith("pre_logits.") else f"vit.{k}"): v for k, v in weights.items()}
+        unexpected = sorted(k.removeprefix("vit.") for k in set(routed) - set(target.state_dict()))
+        if unexpected:
+            hint = ""
+            if any(k.startswith("pre_logits.") for k in unexpected):
+                hint = (
+                    "; the checkpoint has a pre-logits layer: set pre_logits=true to use it, or add "
+                    "'pre_logits.' to ignore_keys to drop it as AVT's release did"
+                )
+            raise ValueError(f"{path}: keys the model does not have: {unexpected}{hint}")
+        result = target.load_state_dict(routed, strict=False)
+        missing = sorted(k.removeprefix("vit.") for k in result.missing_keys)
+        log.info("%s: loaded %d tensors, ignored %s", path, len(routed), ignored)
+        if missing:
+            log.warning("%s: no weights for %s (left as initialised)", path, missing)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.ndim != 5:
@@ -104,4 +154,5 @@ class ViTFrames(nn.Module):
         tokens = tokens.view(b, t, *tokens.shape[1:])
         for block in self.temporal:
             tokens = block(tokens)
-        return self.norm(tokens[:, :, 0])
+        feats = self.norm(tokens[:, :, 0])
+        return feats if self.pre_logits is None else self.pre_logits(feats)

@@ -9,7 +9,7 @@ test set's scores become ``predictions.npz`` (format in :meth:`AnticipationTask.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from egolab.metrics.anticipation import PREDICTIONS_VERSION, marginalize, metrics_from_arrays, tail_action_ids
+from egolab.models.sgear import RELEASE_INIT_BLOCKS, init_from_run
+from egolab.recipe import scale_learning_rates
 from egolab.schedules import WARMUP_AVT, warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.npz"
@@ -28,13 +30,19 @@ EMBEDDINGS_FILE = "embeddings.pt"
 class AnticipationTask(L.LightningModule):
     """AVT/S-GEAR recipe: one optimizer with linear warmup then cosine decay per step.
 
-    ``include_discarded`` scores as RULSTM's official EK100 evaluation does: the segments without any
-    observed frame (``dataset.discarded``) count, with all-zero scores. Off by default, as in AVT / S-GEAR,
-    whose numbers cover the kept segments only.
+    ``include_discarded`` counts the dataset's discarded segments (``dataset.discarded``) with all-zero
+    scores. With the dataset's ``rulstm_discard`` (the data configs set it from this flag) that is RULSTM's
+    official EK100 evaluation: RULSTM's 10 discarded validation segments score zero, and the 20 more that
+    AVT drops are scored from RULSTM's padding frame. Without it, AVT's 30 score zero (as AVT's challenge
+    submissions fill them). Off by default, as in AVT / S-GEAR, whose numbers cover the kept segments only.
 
     ``store_embeddings=N`` keeps, at test time, up to N head embeddings (the gated feature the classifier
     sees) per ground-truth action and writes them to ``embeddings.pt`` beside the predictions: the input
     of ``python -m egolab.prototypes visual`` (S-GEAR's visual prototypes from a recognition run).
+
+    ``init_from`` (a run folder or a ``.ckpt``) starts a fit from the ``init_blocks`` of that run (the
+    released S-GEAR feature runs start from the ViT run), see :func:`egolab.models.sgear.init_from_run`;
+    a resumed run then restores its own checkpoint over them.
     """
 
     def __init__(
@@ -46,6 +54,8 @@ class AnticipationTask(L.LightningModule):
         eta_min: float = 0.0,
         store_embeddings: int = 0,
         include_discarded: bool = False,
+        init_from: str | None = None,
+        init_blocks: Sequence[str] = RELEASE_INIT_BLOCKS,
     ) -> None:
         super().__init__()
         self.model = model
@@ -55,6 +65,9 @@ class AnticipationTask(L.LightningModule):
         self.eta_min = eta_min
         self.store_embeddings = int(store_embeddings)
         self.include_discarded = include_discarded
+        self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
+        self.init_from = init_from
+        self.init_blocks = list(init_blocks)
         self._records: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self.test_arrays: dict[str, np.ndarray] | None = None
         self.test_embeddings: dict[int, torch.Tensor] = {}
@@ -67,6 +80,8 @@ class AnticipationTask(L.LightningModule):
                 self._check_classes(dataset)
         if stage == "fit":
             self.model.load_pretrained()
+            if self.init_from is not None:
+                init_from_run(self.model, self.init_from, self.init_blocks)
 
     def _check_classes(self, dataset: Any) -> None:
         head = getattr(self.model.head, "fc", None)
@@ -79,6 +94,7 @@ class AnticipationTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        scale_learning_rates(optimizer, self.lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(round(total * self.warmup_epochs / max(self.trainer.max_epochs, 1)))
         scheduler = warmup_cosine_scheduler(

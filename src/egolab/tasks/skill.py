@@ -2,7 +2,9 @@
 
 The module receives the built model (:class:`egolab.models.skillformer.SkillFormer`) and an optimizer
 factory. Batches come from :mod:`egolab.data.skill`: training ``pixel_values`` ``(B, V, T, C, H, W)``,
-evaluation ``(B, clips, V, T, C, H, W)`` whose clip probabilities are averaged per take.
+evaluation ``(B, clips, V, T, C, H, W)`` whose clip probabilities are averaged per take. Evaluation
+scores each take of the split once; ``paper_population`` adds the SkillFormer paper's way of scoring
+to the test metrics (:func:`egolab.metrics.skill.paper_population_metrics`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egolab.data.skill import LABEL_NAMES
-from egolab.metrics.skill import PREDICTIONS_VERSION, confusion_matrix, plot_confusion_matrix, skill_metrics
+from egolab.data.skill import LABEL_NAMES, ReleaseRow, read_release_jsonl
+from egolab.metrics.skill import (
+    PREDICTIONS_VERSION,
+    by_take_name,
+    confusion_matrix,
+    paper_population_metrics,
+    plot_confusion_matrix,
+    skill_metrics,
+)
+from egolab.recipe import scale_learning_rates
 from egolab.schedules import warmup_cosine_scheduler
 
 PREDICTIONS_FILE = "predictions.json"
@@ -29,9 +39,12 @@ CONFUSION_FILE = "confusion_matrix.png"
 class SkillTask(L.LightningModule):
     """SkillFormer recipe: AdamW on the trainable parameters, cosine schedule with warmup per step.
 
-    Weight decay applies to matrices only (not to biases, norms or the calibration scalars), like the
-    HF Trainer. With ``load_pretrained`` the backbone's checkpoint is loaded when fitting starts (a
-    resumed run then restores its own weights over it).
+    Weight decay applies as the HF Trainer applies it (:func:`decay_parameter_names`): to every trainable
+    parameter except biases and LayerNorm weights, so to CrossViewFusion's calibration scalars too. With
+    ``load_pretrained`` the backbone's checkpoint is loaded when fitting starts (a resumed run then
+    restores its own weights over it). ``paper_population`` (a jsonl in the release's format, e.g. the
+    paper's 590-row evaluation file) is read at setup; the test stage then also logs
+    ``test/paper_accuracy[_<bucket>]`` over its rows, on top of the default per-take metrics.
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class SkillTask(L.LightningModule):
         warmup_ratio: float = 0.1,
         load_pretrained: bool = True,
         label_names: Sequence[str] = LABEL_NAMES,
+        paper_population: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -50,21 +64,28 @@ class SkillTask(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.load_pretrained = load_pretrained
         self.label_names = list(label_names)
+        self.paper_population = paper_population
+        self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
+        self._paper_rows: list[ReleaseRow] = []
         self._eval_records: list[dict] = []
         self.test_records: list[dict] = []
 
     # ----------------------------------------------------------------------------- wiring
     def setup(self, stage: str) -> None:
+        if self.paper_population is not None and not self._paper_rows:  # before training: fail fast
+            self._paper_rows = read_release_jsonl(self.paper_population)
         if stage == "fit" and self.load_pretrained:
             self.model.load_pretrained()
 
     def configure_optimizers(self) -> dict:
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = decay_parameter_names(self.model)
         groups = [
-            {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": self.weight_decay},
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in trainable if n in decay], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
         ]
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        scale_learning_rates(optimizer, self.lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = math.ceil(total * self.warmup_ratio)
         scheduler = warmup_cosine_scheduler(optimizer, total, warmup)
@@ -99,6 +120,7 @@ class SkillTask(L.LightningModule):
             self._eval_records.append(
                 {
                     "take_uid": uid,
+                    "take_name": batch["take_names"][i],
                     "scenario": batch["scenarios"][i],
                     "label": label if label >= 0 else None,
                     "probs": probs[i].tolist(),
@@ -139,6 +161,11 @@ class SkillTask(L.LightningModule):
         metrics = skill_metrics(
             [r["probs"] for r in records], [r["label"] for r in records], [r["scenario"] for r in records]
         )
+        if prefix == "test" and self._paper_rows:
+            predictions = by_take_name(records, "test predictions")
+            metrics.update(
+                paper_population_metrics(predictions, self._paper_rows, str(self.paper_population))
+            )
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value, batch_size=len(records), prog_bar=name == "accuracy")
         return records
@@ -147,6 +174,7 @@ class SkillTask(L.LightningModule):
         """Write ``predictions.json`` (clip-averaged per-take probabilities, for late fusion) and the PNG."""
         results = {
             r["take_uid"]: {
+                "take_name": r["take_name"],
                 "probs": r["probs"],
                 "logits": r["logits"],
                 "pred": int(max(range(len(r["probs"])), key=r["probs"].__getitem__)),
@@ -172,3 +200,15 @@ class SkillTask(L.LightningModule):
             title = f"test: {int(matrix.sum())} takes, accuracy {accuracy:.3f}"
             plot_confusion_matrix(matrix, self.label_names, run_dir / CONFUSION_FILE, title)
         return path
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters the HF Trainer decays: all but biases (names containing ``bias``) and the
+    weights of ``nn.LayerNorm`` modules."""
+    norms = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.LayerNorm)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    return {n for n, _ in model.named_parameters() if n not in norms and "bias" not in n.lower()}
