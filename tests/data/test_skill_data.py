@@ -250,6 +250,66 @@ def test_preprocessing_matches_the_checkpoint_processor():
     assert (got - expected).abs().max() < 0.02  # within one grey level (PIL vs torch antialiasing)
 
 
+def grey_levels_to_hf(frames: np.ndarray, shortest_edge: int, crop: int) -> dict[str, float]:
+    """max |preprocess_frames - HF| in grey levels (0-255) against both backends of the VideoMAE processor;
+    also checks the output's shape, dtype and layout."""
+    from transformers import VideoMAEImageProcessor, VideoMAEImageProcessorPil
+
+    options = dict(
+        size={"shortest_edge": shortest_edge},
+        crop_size={"height": crop, "width": crop},
+        resample=2,
+        image_mean=list(MEAN),
+        image_std=list(STD),
+    )
+    got = preprocess_frames(frames, shortest_edge, crop, MEAN, STD)
+    assert got.shape == (len(frames), 3, crop, crop) and got.dtype == torch.float32 and got.is_contiguous()
+    levels = {}
+    for name, processor in (
+        ("torchvision", VideoMAEImageProcessor(**options)),
+        ("PIL", VideoMAEImageProcessorPil(**options)),
+    ):
+        expected = processor(list(frames), return_tensors="pt")["pixel_values"][0]
+        levels[name] = float(((got - expected).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255).max())
+    return levels
+
+
+@pytest.mark.parametrize(("height", "width"), [(90, 160), (160, 90), (40, 50)])
+def test_uint8_resize_matches_the_hf_processor_on_sharp_edges(height, width):
+    """Checkerboard, one-pixel stripes, a step, a ramp and noise, shrunk (landscape, portrait) and enlarged:
+    the same as the processor's torchvision backend (uint8 resize), within one grey level of PIL's."""
+    y, x = np.mgrid[:height, :width]
+    frames = np.zeros((3, height, width, 3), np.uint8)
+    frames[0] = np.where((x // 3 + y // 3) % 2, 255, 0)[..., None]
+    frames[1, ..., 0] = np.where(x % 2, 255, 0)
+    frames[1, ..., 1] = np.where(x > width // 2, 255, 0)
+    frames[1, ..., 2] = x * 255 // (width - 1)
+    frames[2] = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    levels = grey_levels_to_hf(frames, 64, 56)
+    assert levels["torchvision"] < 0.01 and levels["PIL"] <= 1.001, levels
+    out = torch.full((3, 3, 56, 56), float("nan"))
+    assert preprocess_frames(frames, 64, 56, MEAN, STD, out=out) is out
+    torch.testing.assert_close(out, preprocess_frames(frames, 64, 56, MEAN, STD), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lavila_ego4d_3c0dffd0_012_014.mp4",
+        "mmaction2_tests_data_test.mp4",
+        "bikes.mp4",
+        "carphone_distorted.mp4",
+    ],
+)
+def test_uint8_resize_matches_the_hf_processor_on_real_clips(name):
+    """8 frames of each real clip at 224, shrunk (or enlarged: the 176x144 one) as the model sees them."""
+    path = require_shared(VIDEOS / name)
+    reader = open_video(path, "t")
+    frames = read_frames(path, np.linspace(0, len(reader) - 1, 8).astype(int).tolist(), "t", reader)
+    levels = grey_levels_to_hf(frames, 224, 224)
+    assert levels["torchvision"] < 0.01 and levels["PIL"] <= 1.001, levels
+
+
 # ------------------------------------------------------------------------------------------ dataset
 def test_dataset_items_select_the_configured_views(demo):
     train = dataset(demo, camera_indices=[2, 0])
@@ -267,6 +327,11 @@ def test_dataset_items_select_the_configured_views(demo):
     assert indices.tolist() == [32, 34, 37, 39]  # linspace(32, 40, 4) = 32, 34.7, 37.3, 40 -> 39
     expected = preprocess_frames(read_frames(path, indices, "t"), 32, 32, MEAN, STD)
     torch.testing.assert_close(pixels[1, 0], expected)
+    # clip 0 of view 1 is camera index 0 (the ego view) at the first window
+    ego = demo / take.video_paths[0].replace("frame_aligned_videos/", "frame_aligned_videos/downscaled/448/")
+    ego_frames = read_frames(ego, sample_frame_indices(0, 4, 8), "t")
+    torch.testing.assert_close(pixels[0, 1], preprocess_frames(ego_frames, 32, 32, MEAN, STD))
+    assert pixels.dtype == torch.float32 and pixels.is_contiguous()
     assert torch.equal(evaluation[0]["pixel_values"], pixels)  # evaluation is deterministic
 
 

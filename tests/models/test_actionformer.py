@@ -16,6 +16,7 @@ from egolab.models.actionformer import (
     local_window_attention,
     param_groups,
     sinusoid_encoding,
+    windowed_sdpa_attention,
 )
 
 SMALL = dict(
@@ -107,6 +108,17 @@ def test_local_attention_equals_dense_banded_attention(window, with_rel_bias):
     assert out.shape == (2, 3, 12, 4)
     assert torch.allclose(out, expected, atol=1e-5)
     assert (out[1, :, 7:] == 0).all()  # padded queries are zeroed
+
+
+@pytest.mark.parametrize("window", [3, 19])
+def test_fast_local_attention_is_the_same_function_in_float64(window):
+    """The SDPA kernel the model uses equals the explicit unfold kernel to rounding (float64)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 8, dtype=torch.float64) for _ in range(3))
+    mask = _lengths_to_mask([64, 29], 64)
+    rel_bias = torch.randn(4, window, dtype=torch.float64)
+    fast = windowed_sdpa_attention(q, k, v, mask, window, rel_bias)
+    assert torch.allclose(fast, local_window_attention(q, k, v, mask, window, rel_bias), rtol=0, atol=1e-13)
 
 
 def test_local_attention_with_wide_window_matches_global_attention_module():

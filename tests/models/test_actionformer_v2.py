@@ -18,6 +18,7 @@ from egolab.models.actionformer import (
     TransformerBlock,
     local_window_attention,
     param_groups,
+    windowed_sdpa_attention,
 )
 from egolab.models.actionformer_v2 import (
     CrossScaleFPN,
@@ -28,7 +29,6 @@ from egolab.models.actionformer_v2 import (
     SwiGLU,
     TransformerBlockV2,
     swiglu_hidden_dim,
-    windowed_sdpa_attention,
 )
 from egolab.paths import CONF_DIR
 

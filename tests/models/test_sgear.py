@@ -406,7 +406,7 @@ def test_sgear_experiments_configure_the_released_model(name):
     width = {"tsn": 1024, "obj": 352}.get(name, 768)
     assert instantiate(cfg.model.head).temperature == pytest.approx(math.sqrt(width))
     if features:
-        assert cfg.task.init_from == "/nonexistent/OUTPUTS/expts/anticipation/ek100_sgear_vit.txt/0"
+        assert cfg.task.init_from == f"{cfg.paths.outputs}/expts/anticipation/ek100_sgear_vit.txt/0"
         assert list(cfg.task.init_blocks) == list(RELEASE_INIT_BLOCKS)
     else:
         assert cfg.task.init_from is None

@@ -1,7 +1,9 @@
 """SkillTask: HF-Trainer parameter groups, clip averaging, a short fit + test on generated takes with
 LoRA and CrossViewFusion whose predictions.json re-scores to the logged metrics (the paper's population
-too), and the recipe of the skill experiments."""
+too), the recipe of the skill experiments, and checkpoints holding only the trained state: exact resume,
+`-t`-style reload onto a rebuilt base, refusal of another base, full fine-tuning round trips."""
 
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,13 +12,16 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.data import DataLoader
 
+from egolab.checkpoints import FROZEN_SHA256, TRAINED_KEYS, frozen_fingerprint, trained_keys
 from egolab.data.demo_skill import make_demo_skill
 from egolab.data.skill import LABEL_NAMES, SkillDataModule, SkillDataset, read_annotation_jsonl
 from egolab.launch.txtfile import read_experiment
 from egolab.metrics.skill import score_predictions_file
-from egolab.models.skillformer import CrossViewFusion, SkillFormer, TimesformerBackbone
+from egolab.models.skillformer import CrossViewFusion, MeanViewFusion, SkillFormer, TimesformerBackbone
 from egolab.paths import CONF_DIR
 from egolab.tasks.skill import SkillTask, decay_parameter_names
 
@@ -232,3 +237,152 @@ def test_skill_experiments_clip_gradients_and_release_frozen_is_the_setting_froz
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.model.backbone.freeze
     assert cfg.task.paper_population == "/data/egoexo4d/annotations/paper_eval_population_test.jsonl"
     assert cfg.model.backbone.lora.r == {"ego": 32, "exos": 48, "egoexos": 64}[setting]
+
+
+# ----------------------------------------------------------------------------- trained-only checkpoints
+LORA = {"r": 2, "alpha": 4, "dropout": 0.0}
+
+
+def seeded_skillformer(
+    seed: int, lora: dict | None = LORA, freeze: bool = False, pretrained: str | None = None
+) -> SkillFormer:
+    """A tiny SkillFormer (views averaged, as the demo) whose random base is fixed by ``seed``."""
+    torch.manual_seed(seed)
+    backbone = TimesformerBackbone(4, TINY, pretrained=pretrained, lora=lora, freeze=freeze)
+    return SkillFormer(backbone, MeanViewFusion())
+
+
+def random_takes(batches: int, clips: int | None = None) -> DataLoader:
+    """Fixed batches of 2 random 2-view takes: training ones, or evaluation ones of ``clips`` clips."""
+    generator = torch.Generator().manual_seed(1)
+    shape = (2, 2, 4, 3, 16, 16) if clips is None else (2, clips, 2, 4, 3, 16, 16)
+    items = [
+        {
+            "pixel_values": torch.randn(shape, generator=generator),
+            "labels": torch.randint(0, 4, (2,), generator=generator),
+            "take_uids": [f"take_{i}_{j}" for j in range(2)],
+            "take_names": [f"name_{i}_{j}" for j in range(2)],
+            "scenarios": ["Basketball", "Cooking"],
+        }
+        for i in range(batches)
+    ]
+    return DataLoader(items, batch_size=None)
+
+
+def cpu_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**options, **kwargs})
+
+
+def test_fingerprint_covers_the_frozen_weights_and_checkpoints_keep_buffers():
+    model = seeded_skillformer(0)
+    first = frozen_fingerprint(model)
+    assert frozen_fingerprint(seeded_skillformer(0)) == first != frozen_fingerprint(seeded_skillformer(1))
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # trained: not part of it
+    assert frozen_fingerprint(model) == first
+    with torch.no_grad():
+        model.backbone.encoder.get_base_model().embeddings.cls_token.add_(1.0)
+    assert frozen_fingerprint(model) != first
+    norm = nn.BatchNorm1d(3).requires_grad_(False)  # running statistics change in training: kept
+    assert trained_keys(norm) == ["num_batches_tracked", "running_mean", "running_var"]
+
+
+def test_lora_checkpoint_holds_the_trained_state_and_resumes_exactly(tmp_path, single_thread):
+    """Two epochs straight, against one epoch then a resume from its checkpoint in a new task."""
+    task = SkillTask(seeded_skillformer(0), adamw, load_pretrained=False)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
+    straight = cpu_trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[every_epoch])
+    straight.fit(task, train_dataloaders=random_takes(3))
+    path = tmp_path / "epoch=0.ckpt"
+    saved = torch.load(path, weights_only=True)
+    trained = {f"model.{n}" for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trained == {k for k in task.state_dict() if "lora_" in k or k.startswith("model.classifier.")}
+    assert set(saved["state_dict"]) == trained and saved[TRAINED_KEYS] == sorted(trained)
+    assert saved[FROZEN_SHA256] == task.frozen_sha256 == frozen_fingerprint(task)
+    kept = sum(v.numel() for v in saved["state_dict"].values())
+    assert kept < sum(v.numel() for v in task.state_dict().values()) / 10
+    assert len(saved["optimizer_states"][0]["state"]) == len(trained)
+
+    resumed = SkillTask(seeded_skillformer(0), adamw, load_pretrained=False)
+    again = cpu_trainer(tmp_path, max_epochs=2)
+    again.fit(resumed, train_dataloaders=random_takes(3), ckpt_path=str(path))
+    assert again.global_step == straight.global_step == 6
+    for (name, value), other in zip(task.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(value, other), name
+    first, second = straight.optimizers[0].state_dict(), again.optimizers[0].state_dict()
+    assert first["param_groups"] == second["param_groups"]
+    torch.testing.assert_close(first["state"], second["state"], rtol=0, atol=0)
+
+
+def test_test_style_load_rebuilds_the_base_and_refuses_another_one(tmp_path, single_thread):
+    task = SkillTask(seeded_skillformer(0), adamw, load_pretrained=False)
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    trainer.fit(task, train_dataloaders=random_takes(3))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    takes = random_takes(2, clips=2)
+    trainer.test(task, dataloaders=takes, verbose=False)
+    logits = [r["logits"] for r in task.test_records]
+
+    fresh = SkillTask(seeded_skillformer(0), adamw, load_pretrained=False)
+    cpu_trainer(tmp_path).test(fresh, dataloaders=takes, ckpt_path=str(path), verbose=False)
+    assert [r["logits"] for r in fresh.test_records] == logits
+    untrained = SkillTask(seeded_skillformer(0), adamw, load_pretrained=False)
+    cpu_trainer(tmp_path).test(untrained, dataloaders=takes, verbose=False)
+    assert [r["logits"] for r in untrained.test_records] != logits
+
+    other_base = SkillTask(seeded_skillformer(1), adamw, load_pretrained=False)
+    with pytest.raises(ValueError, match=r"last\.ckpt was trained on other frozen weights"):
+        cpu_trainer(tmp_path).test(other_base, dataloaders=takes, ckpt_path=str(path))
+    frozen_lora = SkillTask(seeded_skillformer(0, freeze=True), adamw, load_pretrained=False)
+    with pytest.raises(ValueError, match=r"last\.ckpt does not fit this model.*14 trained in the checkpoint"):
+        cpu_trainer(tmp_path).test(frozen_lora, dataloaders=takes, ckpt_path=str(path))
+
+
+def test_full_fine_tuning_checkpoint_holds_everything_and_round_trips(tmp_path, single_thread):
+    task = SkillTask(seeded_skillformer(0, lora=None), adamw, load_pretrained=False)
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    trainer.fit(task, train_dataloaders=random_takes(3))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)
+    assert sorted(saved["state_dict"]) == saved[TRAINED_KEYS] == sorted(task.state_dict())
+    assert saved[FROZEN_SHA256] == hashlib.sha256().hexdigest()  # nothing frozen
+    takes = random_takes(2, clips=2)
+    trainer.test(task, dataloaders=takes, verbose=False)
+
+    other_seed = SkillTask(seeded_skillformer(1, lora=None), adamw, load_pretrained=False)  # all restored
+    cpu_trainer(tmp_path).test(other_seed, dataloaders=takes, ckpt_path=str(path), verbose=False)
+    assert [r["logits"] for r in other_seed.test_records] == [r["logits"] for r in task.test_records]
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_test_style_load_rebuilds_the_base_from_its_pretrained_source(tmp_path, lora, single_thread):
+    """The base is loaded at the first setup of any stage (so `-t` has it: another seed's random init is
+    overwritten) and only then (a test after fit keeps the fine-tuned weights)."""
+    from transformers import TimesformerConfig, TimesformerModel
+
+    torch.manual_seed(2)
+    TimesformerModel(TimesformerConfig(**TINY, num_frames=4)).save_pretrained(tmp_path / "hub")
+    pretrained = str(tmp_path / "hub")
+    task = SkillTask(seeded_skillformer(0, lora=lora, pretrained=pretrained), adamw)
+    trainer = cpu_trainer(tmp_path, max_epochs=1)
+    trainer.fit(task, train_dataloaders=random_takes(3))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    takes = random_takes(2, clips=2)
+    trainer.test(task, dataloaders=takes, verbose=False)
+
+    fresh = SkillTask(seeded_skillformer(1, lora=lora, pretrained=pretrained), adamw)
+    cpu_trainer(tmp_path).test(fresh, dataloaders=takes, ckpt_path=str(path), verbose=False)
+    assert fresh.frozen_sha256 == task.frozen_sha256
+    assert [r["logits"] for r in fresh.test_records] == [r["logits"] for r in task.test_records]

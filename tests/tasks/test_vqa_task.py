@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny_qwen import TINY_CONFIG, tiny_qwen
 
+from egolab.checkpoints import TRAINED_KEYS
 from egolab.data.vqa import VQADataModule
 from egolab.metrics.vqa import read_predictions
 from egolab.models.qwen_vl import QwenVL
-from egolab.tasks.vqa import TRAINED_KEYS, VQATask
+from egolab.tasks.vqa import VQATask
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 

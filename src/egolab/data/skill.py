@@ -25,8 +25,8 @@ Sampling (:func:`sample_frame_indices`): a window of ``num_frames * frame_sample
 ``num_frames`` evenly spaced frames. Training draws the window at random (per view by default, as the
 release does; ``independent_view_windows=false`` shares one); evaluation takes the centred window, or
 ``num_clips`` evenly spread windows whose predictions the task averages. Frames are resized (shortest
-edge, bilinear with antialiasing), centre-cropped, scaled by 1/255 and normalised like the checkpoint's
-``VideoMAEImageProcessor``.
+edge, bilinear with antialiasing, in uint8), centre-cropped, scaled by 1/255 and normalised like the
+checkpoint's ``VideoMAEImageProcessor`` (equal to its torchvision backend; within one grey level of PIL).
 
 A missing or unreadable video raises an error naming the file and the take. With ``bad_videos="skip"``
 takes with missing files are left out at start-up (counted in the log and listed in ``skipped``) and a
@@ -317,13 +317,16 @@ def preprocess_frames(
     crop_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(T, H, W, 3)`` uint8 -> ``(T, 3, crop, crop)`` float32, like ``VideoMAEImageProcessor``.
 
-    Shortest edge to ``shortest_edge`` (bilinear, antialiased; the long edge is truncated like HF's
-    ``int(size * long / short)``), centre crop, ``/255``, ``(x - mean) / std``.
+    Shortest edge to ``shortest_edge`` (bilinear, antialiased, in uint8 like the processor's torchvision
+    backend; the long edge is truncated like HF's ``int(size * long / short)``), centre crop, then once in
+    float32 ``(x / 255 - mean) / std``, written into ``out`` when given (a float32 tensor of that shape).
     """
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
+    # channels-last strides (the permuted decoder layout) take torch's fast uint8 antialiased kernel
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2)
     h, w = x.shape[-2:]
     if h <= w:
         size = (shortest_edge, int(shortest_edge * w / h))
@@ -335,9 +338,11 @@ def preprocess_frames(
         raise ValueError(f"crop {crop_size} is larger than the resized frame {size}")
     top, left = (size[0] - crop_size) // 2, (size[1] - crop_size) // 2
     x = x[..., top : top + crop_size, left : left + crop_size]
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return ((x / 255.0 - mean_t) / std_t).contiguous()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.float32)
+    return out.copy_(x).sub_(mean_t).div_(std_t)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -467,14 +472,17 @@ class SkillDataset(Dataset):
         name = f"{take.take_uid} ({take.take_name})"
         readers = [open_video(p, name, self.decode_threads) for p in paths]
         lengths = [len(r) for r in readers]
-        views = []
-        for path, reader, n, starts in zip(paths, readers, lengths, self._starts(lengths)):
-            window = window_length(self.num_frames, self.frame_sample_rate, n)
-            indices = np.concatenate([sample_frame_indices(s, self.num_frames, window) for s in starts])
+        starts = self._starts(lengths)
+        t, size = self.num_frames, self.crop_size
+        # filled in place: fresh float buffers cost page faults comparable to decoding a small clip
+        pixels = torch.empty(len(starts[0]), len(paths), t, 3, size, size)  # (clips, V, T, C, H, W)
+        for v, (path, reader, n, view_starts) in enumerate(zip(paths, readers, lengths, starts)):
+            window = window_length(t, self.frame_sample_rate, n)
+            indices = np.concatenate([sample_frame_indices(s, t, window) for s in view_starts])
             frames = read_frames(path, indices.tolist(), name, reader)
-            clips = preprocess_frames(frames, self.shortest_edge, self.crop_size, self.mean, self.std)
-            views.append(clips.reshape(len(starts), self.num_frames, *clips.shape[1:]))
-        pixels = torch.stack(views, dim=1)  # (clips, V, T, C, H, W)
+            for c in range(len(view_starts)):
+                clip = frames[c * t : (c + 1) * t]
+                preprocess_frames(clip, self.shortest_edge, size, self.mean, self.std, out=pixels[c, v])
         return pixels[0] if self.training else pixels
 
     def __getitem__(self, index: int) -> dict | None:

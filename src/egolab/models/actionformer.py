@@ -27,6 +27,7 @@ BACKBONE_TYPES = ("convTransformer", "convTransformerv2")
 HEAD_TYPES = ("v1", "v2")
 EMPTY_CLASS_PRIOR = 1e-6
 PADDED_KEY_BIAS = -1e4
+MIN_QUERY_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------- primitives
@@ -186,7 +187,9 @@ def local_window_attention(
     window: int,
     rel_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention restricted to keys j with |i - j| <= window // 2.
+    """Scaled dot-product attention restricted to keys j with |i - j| <= window // 2, the explicit way:
+    every window materialised with unfold (the reference the fast :func:`windowed_sdpa_attention` is
+    tested against, and the v2 blocks' ``use_sdpa=False`` path).
 
     q, k, v: (B, H, T, D) sharing the same time steps; mask: (B, T) bool, True on valid steps.
     rel_bias: optional (H, window) additive bias indexed by the key offset j - i + window // 2.
@@ -212,8 +215,58 @@ def local_window_attention(
     return torch.einsum("bhtw,bhtdw->bhtd", attn, windows(v))
 
 
+def windowed_sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    window: int,
+    rel_bias: torch.Tensor | None = None,
+    block: int | None = None,
+) -> torch.Tensor:
+    """Local-window attention (keys j with |i - j| <= window // 2) through F.scaled_dot_product_attention.
+
+    Same inputs and result as :func:`egolab.models.actionformer.local_window_attention`, except that k
+    and v may have fewer heads than q (grouped-query attention: H_q a multiple of H_kv). Queries are cut
+    into blocks of ``block`` steps (default max(2 * (window - 1), 32)); each block attends to its keys
+    widened by window // 2 on both sides, with a banded additive mask, so SDPA's fused kernels do the
+    work on small dense tiles instead of a (T, T) score matrix. Masking: padded keys and keys beyond the
+    sequence ends get a -1e4 bias, keys outside the band -inf, and padded query rows are zeroed. v1 gives
+    the keys beyond the ends -inf instead; the results are the same (exp(-1e4) is 0 in floating point
+    next to a valid key, and rows without a valid key are zeroed), and no row is ever all -inf, not even
+    the rows that fill the last block, so neither the output nor its gradient can turn NaN.
+    q: (B, H, T, D); k, v: (B, H_kv, T, D); mask: (B, T) bool; rel_bias: (H, window). Returns (B, H, T, D).
+    """
+    batch, n_head, length, head_dim = q.shape
+    half = window // 2
+    block = block or max(2 * (window - 1), MIN_QUERY_BLOCK)
+    n_blocks = math.ceil(length / block)
+    extra = n_blocks * block - length  # query rows added to fill the last block (dropped at the end)
+    span = block + 2 * half
+
+    def key_blocks(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (B, n_blocks, H, span, D)
+        return F.pad(x, (0, 0, half, half + extra)).unfold(2, span, block).permute(0, 2, 1, 4, 3)
+
+    queries = F.pad(q, (0, 0, 0, extra)).view(batch, n_head, n_blocks, block, head_dim).transpose(1, 2)
+    key_valid = F.pad(mask, (half, half + extra)).unfold(1, span, block)  # (B, n_blocks, span), ends False
+    key_bias = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device)
+    key_bias = key_bias.masked_fill(~key_valid, PADDED_KEY_BIAS)
+    offset = torch.arange(span, device=q.device)[None] - torch.arange(block, device=q.device)[:, None]
+    in_band = (offset >= 0) & (offset <= 2 * half)  # key (span index) within the query's window
+    bias = key_bias[:, :, None, None, :]  # (B, n_blocks, 1, 1, span)
+    if rel_bias is not None:  # (H, window), indexed by key offset j - i + half
+        bias = bias + rel_bias[:, offset.clamp(0, 2 * half)].to(q.dtype)[None, None]
+    bias = bias.masked_fill(~in_band, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        queries, key_blocks(k), key_blocks(v), attn_mask=bias, enable_gqa=k.shape[1] != n_head
+    )
+    out = out.transpose(1, 2).reshape(batch, n_head, n_blocks * block, head_dim)[:, :, :length]
+    return out.masked_fill(~mask[:, None, :, None], 0.0)
+
+
 class LocalMaskedMHCA(nn.Module):
-    """Multi-head conv attention within a sliding window of odd size w (optionally with a relative bias)."""
+    """Multi-head conv attention within a sliding window of odd size w (optionally with a relative bias),
+    computed by :func:`windowed_sdpa_attention` (the release's banded attention, same function)."""
 
     def __init__(
         self,
@@ -243,7 +296,7 @@ class LocalMaskedMHCA(nn.Module):
         q, q_mask = self.query(x, mask)
         k, kv_mask = self.key(x, mask)
         v, _ = self.value(x, mask)
-        out = local_window_attention(
+        out = windowed_sdpa_attention(
             split_heads(q, self.n_head),
             split_heads(k, self.n_head),
             split_heads(v, self.n_head),

@@ -7,8 +7,9 @@ local-window and strided blocks (the fork falls back to the v1 modules there, so
 of it), and the v2 heads and the ``cs_fpn`` neck can actually be built.
 
 Every switch is independent, and with all of them off a v2 block computes exactly the v1 block (same
-parameter names, so v1 weights load into it). Reading order: RMSNorm, SwiGLU, rotary embedding, windowed
-attention through SDPA, the v2 attention and block, v2 head trunk, cross-scale FPN.
+parameter names, so v1 weights load into it). Reading order: RMSNorm, SwiGLU, rotary embedding, the v2
+attention and block, v2 head trunk, cross-scale FPN. The windowed SDPA kernel lives in the v1 file, whose
+local attention uses it too.
 
 Tensors are channel-first (B, C, T) with bool masks (B, 1, T), as in the v1 file.
 """
@@ -22,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from egolab.models.actionformer import (
-    PADDED_KEY_BIAS,
     AffineDropPath,
     ConvProjection,
     LayerNorm,
@@ -31,10 +31,10 @@ from egolab.models.actionformer import (
     local_window_attention,
     merge_heads,
     split_heads,
+    windowed_sdpa_attention,
 )
 
 ROPE_BASE = 10000.0
-MIN_QUERY_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------- primitives
@@ -95,55 +95,6 @@ class RotaryEmbedding(nn.Module):
 
 
 # --------------------------------------------------------------------------------------- attention
-def windowed_sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor,
-    window: int,
-    rel_bias: torch.Tensor | None = None,
-    block: int | None = None,
-) -> torch.Tensor:
-    """Local-window attention (keys j with |i - j| <= window // 2) through F.scaled_dot_product_attention.
-
-    Same inputs and result as :func:`egolab.models.actionformer.local_window_attention`, except that k
-    and v may have fewer heads than q (grouped-query attention: H_q a multiple of H_kv). Queries are cut
-    into blocks of ``block`` steps (default max(2 * (window - 1), 32)); each block attends to its keys
-    widened by window // 2 on both sides, with a banded additive mask, so SDPA's fused kernels do the
-    work on small dense tiles instead of a (T, T) score matrix. Masking: padded keys and keys beyond the
-    sequence ends get a -1e4 bias, keys outside the band -inf, and padded query rows are zeroed. v1 gives
-    the keys beyond the ends -inf instead; the results are the same (exp(-1e4) is 0 in floating point
-    next to a valid key, and rows without a valid key are zeroed), and no row is ever all -inf, not even
-    the rows that fill the last block, so neither the output nor its gradient can turn NaN.
-    q: (B, H, T, D); k, v: (B, H_kv, T, D); mask: (B, T) bool; rel_bias: (H, window). Returns (B, H, T, D).
-    """
-    batch, n_head, length, head_dim = q.shape
-    half = window // 2
-    block = block or max(2 * (window - 1), MIN_QUERY_BLOCK)
-    n_blocks = math.ceil(length / block)
-    extra = n_blocks * block - length  # query rows added to fill the last block (dropped at the end)
-    span = block + 2 * half
-
-    def key_blocks(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (B, n_blocks, H, span, D)
-        return F.pad(x, (0, 0, half, half + extra)).unfold(2, span, block).permute(0, 2, 1, 4, 3)
-
-    queries = F.pad(q, (0, 0, 0, extra)).view(batch, n_head, n_blocks, block, head_dim).transpose(1, 2)
-    key_valid = F.pad(mask, (half, half + extra)).unfold(1, span, block)  # (B, n_blocks, span), ends False
-    key_bias = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device)
-    key_bias = key_bias.masked_fill(~key_valid, PADDED_KEY_BIAS)
-    offset = torch.arange(span, device=q.device)[None] - torch.arange(block, device=q.device)[:, None]
-    in_band = (offset >= 0) & (offset <= 2 * half)  # key (span index) within the query's window
-    bias = key_bias[:, :, None, None, :]  # (B, n_blocks, 1, 1, span)
-    if rel_bias is not None:  # (H, window), indexed by key offset j - i + half
-        bias = bias + rel_bias[:, offset.clamp(0, 2 * half)].to(q.dtype)[None, None]
-    bias = bias.masked_fill(~in_band, float("-inf"))
-    out = F.scaled_dot_product_attention(
-        queries, key_blocks(k), key_blocks(v), attn_mask=bias, enable_gqa=k.shape[1] != n_head
-    )
-    out = out.transpose(1, 2).reshape(batch, n_head, n_blocks * block, head_dim)[:, :, :length]
-    return out.masked_fill(~mask[:, None, :, None], 0.0)
-
-
 class MaskedMHCAv2(nn.Module):
     """Multi-head conv attention with the v2 options, global (window <= 1) or in local windows.
 
@@ -151,8 +102,9 @@ class MaskedMHCAv2(nn.Module):
     so strided blocks downsample q, k, v and the mask exactly like MaskedMHCA. Options: ``n_kv_head`` < n_head
     shares each key/value head among n_head / n_kv_head query heads (smaller k/v projections);
     ``use_rope`` rotates q and k by their time step on this level; ``use_sdpa`` computes local windows with
-    :func:`windowed_sdpa_attention` instead of the v1 unfold kernel (global attention always goes through
-    SDPA, as in v1). ``use_rel_pe`` keeps v1's learned relative bias for local windows.
+    :func:`windowed_sdpa_attention` (as v1 blocks do) instead of the explicit unfold kernel
+    :func:`local_window_attention`, the fork's non-SDPA path; both compute the same function (global
+    attention always goes through SDPA, as in v1). ``use_rel_pe`` keeps v1's learned relative bias.
     """
 
     def __init__(

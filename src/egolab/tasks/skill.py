@@ -4,7 +4,10 @@ The module receives the built model (:class:`egolab.models.skillformer.SkillForm
 factory. Batches come from :mod:`egolab.data.skill`: training ``pixel_values`` ``(B, V, T, C, H, W)``,
 evaluation ``(B, clips, V, T, C, H, W)`` whose clip probabilities are averaged per take. Evaluation
 scores each take of the split once; ``paper_population`` adds the SkillFormer paper's way of scoring
-to the test metrics (:func:`egolab.metrics.skill.paper_population_metrics`).
+to the test metrics (:func:`egolab.metrics.skill.paper_population_metrics`). Checkpoints hold the trained
+parameters and their optimizer state, with a sha256 of the frozen rest (:mod:`egolab.checkpoints`): resume
+and ``-t`` rebuild the frozen backbone from its source (hub name, or config and seed) and refuse a
+checkpoint trained on another one. A full fine-tuning has nothing frozen: its checkpoints hold everything.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from egolab.checkpoints import check_fits, frozen_fingerprint, keep_trained
 from egolab.data.skill import LABEL_NAMES, ReleaseRow, read_release_jsonl
 from egolab.metrics.skill import (
     PREDICTIONS_VERSION,
@@ -41,8 +45,9 @@ class SkillTask(L.LightningModule):
 
     Weight decay applies as the HF Trainer applies it (:func:`decay_parameter_names`): to every trainable
     parameter except biases and LayerNorm weights, so to CrossViewFusion's calibration scalars too. With
-    ``load_pretrained`` the backbone's checkpoint is loaded when fitting starts (a resumed run then
-    restores its own weights over it). ``paper_population`` (a jsonl in the release's format, e.g. the
+    ``load_pretrained`` the backbone's checkpoint is loaded at the first setup (fit, or test for ``-t``),
+    and the frozen part is fingerprinted then (``frozen_sha256``); a checkpoint then restores the trained
+    weights over it. ``paper_population`` (a jsonl in the release's format, e.g. the
     paper's 590-row evaluation file) is read at setup; the test stage then also logs
     ``test/paper_accuracy[_<bucket>]`` over its rows, on top of the default per-take metrics.
     """
@@ -66,6 +71,8 @@ class SkillTask(L.LightningModule):
         self.label_names = list(label_names)
         self.paper_population = paper_population
         self.lr_scale = 1.0  # set at start-up by egolab.recipe (linear rule on another world size)
+        self.strict_loading = False  # checkpoints hold only the trained state (checked on load)
+        self.frozen_sha256: str | None = None  # set at the first setup, once the frozen part is final
         self._paper_rows: list[ReleaseRow] = []
         self._eval_records: list[dict] = []
         self.test_records: list[dict] = []
@@ -74,8 +81,16 @@ class SkillTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.paper_population is not None and not self._paper_rows:  # before training: fail fast
             self._paper_rows = read_release_jsonl(self.paper_population)
-        if stage == "fit" and self.load_pretrained:
-            self.model.load_pretrained()
+        if self.frozen_sha256 is None:  # once: a later stage must not reload over trained weights
+            if self.load_pretrained:
+                self.model.load_pretrained()
+            self.frozen_sha256 = frozen_fingerprint(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep_trained(checkpoint, self, self.frozen_sha256)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_fits(checkpoint, self, str(self.trainer.ckpt_path), self.frozen_sha256)
 
     def configure_optimizers(self) -> dict:
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

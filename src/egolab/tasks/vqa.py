@@ -6,7 +6,9 @@ Evaluation decodes greedily (left-padded batches), parses each reply with ``pars
 rule, or the challenge baseline's first letter) and reads the four option letters' probabilities at the
 answer position in one forward pass, so that runs fuse by probability and ``letter_accuracy`` sits next
 to the generation accuracy. Checkpoints hold only the trained parameters (LoRA adapters, or the unfrozen
-weights of a full fine-tuning); loading one rebuilds the base from ``model.pretrained`` first.
+weights of a full fine-tuning; :mod:`egolab.checkpoints`); loading one rebuilds the base from
+``model.pretrained`` first. The base is not fingerprinted: hashing a 4B model (about 9 GB) on every rank at
+each start costs more than a fixed hub release risks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from egolab.checkpoints import check_fits, keep_trained, trained_keys
 from egolab.metrics.vqa import (
     PARSE_RULES,
     PREDICTIONS_FILE,
@@ -32,12 +35,6 @@ from egolab.recipe import scale_learning_rates
 from egolab.schedules import warmup_cosine_scheduler
 
 SUBMISSION_FILE = "submission.json"
-TRAINED_KEYS = "egolab_trained_keys"
-
-
-def _clean(name: str) -> str:
-    """A parameter name without the wrappers that FSDP and activation checkpointing insert."""
-    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
 class VQATask(L.LightningModule):
@@ -97,28 +94,14 @@ class VQATask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trained_keys(self) -> list[str]:
-        """State-dict keys of the parameters that train (what a checkpoint keeps)."""
-        return sorted(_clean(n) for n, p in self.named_parameters() if p.requires_grad)
+        """State-dict keys a checkpoint keeps: :func:`egolab.checkpoints.trained_keys`."""
+        return trained_keys(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keys = set(self.trained_keys())
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if _clean(k) in keys}
-        checkpoint[TRAINED_KEYS] = sorted(keys)
+        keep_trained(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected = checkpoint.get(TRAINED_KEYS)
-        if expected is None:
-            raise ValueError("not a vqa checkpoint: it does not list its trained parameters")
-        names = {_clean(n) for n, _ in self.named_parameters()}
-        unknown = [k for k in expected if k not in names]
-        missing = [k for k in expected if k not in checkpoint["state_dict"]]
-        if unknown or missing:
-            raise ValueError(
-                "checkpoint does not fit this model (different LoRA or model settings?): "
-                f"{len(unknown)} trained keys not in the model (e.g. {unknown[:3]}), "
-                f"{len(missing)} missing from the state dict (e.g. {missing[:3]})"
-            )
+        check_fits(checkpoint, self, str(self.trainer.ckpt_path))
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,274 @@
+"""ActionFormer on THUMOS shapes: our training step, inference and peak memory against the official release.
+
+Both models are built from the THUMOS I3D config (``conf/model/actionformer/thumos_i3d.yaml``; the
+release's ``configs/thumos_i3d.yaml``) and share identical weights (the release's, renamed to ours); their
+outputs are checked equal before anything is timed. A training step is forward + loss (label assignment,
+focal + DIoU) + backward + AdamW on 2 videos of 2304 I3D steps (2048-d, the second 60% padded);
+inference is one forward in eval mode on a video of 2304 steps followed by each side's decoding and
+soft-NMS (the release's compiled ``nms_1d_cpu``). Steps of the two alternate so that a busy host slows
+both alike; medians and ratios are printed. Peak memory is the largest resident set size of a child
+process that runs only that measurement, less the same process's size after building the model.
+
+The release is not part of egolab: fetch it and build its NMS extension once, then point at it::
+
+    git clone https://github.com/happyharrycn/actionformer_release /tmp/afr
+    (cd /tmp/afr/libs/utils && python setup.py build_ext --inplace)
+    python benchmarks/actionformer_step.py --reference /tmp/afr [--steps 5] [--threads 2]
+
+Without ``--reference`` only our figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SEQ_LEN, IN_DIM, BATCH = 2304, 2048, 2
+
+
+# --------------------------------------------------------------------------------------- models
+def build_ours() -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """Our model, criterion and post-processor as ``expts/localization/thumos_i3d.txt`` composes them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from egolab.launch.txtfile import expand_sweep, read_experiment
+    from egolab.paths import CONF_DIR, REPO_ROOT
+
+    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / "localization" / "thumos_i3d.txt"))
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "paths.root=/nonexistent"])
+    model = instantiate(cfg.model)
+    criterion = instantiate(cfg.task.criterion)
+    postprocess = instantiate(cfg.task.postprocess)
+    return model, criterion, postprocess
+
+
+def build_release(reference: Path) -> torch.nn.Module:
+    """The release's ``LocPointTransformer`` from its ``configs/thumos_i3d.yaml``."""
+    sys.path[:0] = [str(reference), str(reference / "libs" / "utils")]
+    from libs.core import load_config
+    from libs.modeling import make_meta_arch
+
+    cfg = load_config(str(reference / "configs" / "thumos_i3d.yaml"))
+    return make_meta_arch(cfg["model_name"], **cfg["model"])
+
+
+RENAMES = [
+    (r"attn\.(query|key|value)_conv\.", r"attn.\1.conv."),
+    (r"attn\.(query|key|value)_norm\.", r"attn.\1.norm."),
+    (r"attn\.(query|key|value)\.(weight|bias)$", r"attn.\1.proj.\2"),
+    (r"^neck\.fpn_norms\.", "neck.norms."),
+    (r"^(cls|reg)_head\.head\.", r"\1_head.trunk.convs."),
+    (r"^(cls|reg)_head\.norm\.", r"\1_head.trunk.norms."),
+    (r"^cls_head\.cls_head\.", "cls_head.cls."),
+    (r"^reg_head\.offset_head\.", "reg_head.offset."),
+    (r"^reg_head\.scale\.", "reg_head.scales."),
+]
+
+
+def copy_release_weights(release: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Load the release's parameters into ours (renamed; its (1, C, 1) LayerNorm shapes flattened)."""
+    state = {}
+    for key, value in release.state_dict().items():
+        for pattern, repl in RENAMES:
+            key = re.sub(pattern, repl, key)
+        state[key] = value
+    target = ours.state_dict()
+    missing, extra = set(target) - set(state), set(state) - set(target)
+    if missing or extra:
+        raise RuntimeError(
+            f"weight names differ: ours only {sorted(missing)[:5]}, release only {sorted(extra)[:5]}"
+        )
+    ours.load_state_dict({k: v.reshape(target[k].shape) for k, v in state.items()})
+
+
+# --------------------------------------------------------------------------------------- inputs
+def videos(generator: torch.Generator) -> list[dict]:
+    """Two training videos (full length and 40%) with a few ground-truth segments (grid units)."""
+    out = []
+    for length in (SEQ_LEN, int(0.4 * SEQ_LEN)):
+        starts = torch.rand(8, generator=generator) * (length - 100)
+        segments = torch.stack((starts, starts + 10 + 80 * torch.rand(8, generator=generator)), 1)
+        out.append(
+            {
+                "video_id": f"v{length}",
+                "feats": torch.randn(IN_DIM, length, generator=generator),
+                "segments": segments,
+                "labels": torch.randint(0, 20, (8,), generator=generator),
+                "fps": 30.0,
+                "duration": length * 4 / 30,
+                "feat_stride": 4,
+                "feat_num_frames": 16,
+            }
+        )
+    return out
+
+
+def our_batch(items: list[dict], max_div_factor: int) -> dict:
+    from egolab.data.localization import LocalizationCollate
+
+    return LocalizationCollate(SEQ_LEN, max_div_factor, training=True)(items)
+
+
+# --------------------------------------------------------------------------------------- steps
+def our_train_step(model, criterion, optimizer, batch) -> float:
+    outputs = model(batch["feats"], batch["masks"])
+    loss = criterion(outputs, batch["segments"], batch["labels"])["final_loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def release_train_step(model, optimizer, items) -> float:
+    loss = model(items)["final_loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+@torch.no_grad()
+def our_inference(model, postprocess, batch) -> list[dict]:
+    return postprocess(model(batch["feats"], batch["masks"]), batch)
+
+
+@torch.no_grad()
+def release_inference(model, items) -> list[dict]:
+    return model(items)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------- memory
+def peak_memory_child(side: str, mode: str, reference: str | None, threads: int) -> float:
+    """Peak RSS growth (MB) of a fresh process doing one ``mode`` step of ``side`` after its set-up."""
+    cmd = [sys.executable, __file__, "--child", side, mode, "--threads", str(threads)]
+    if reference:
+        cmd += ["--reference", reference]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["peak_mb"]
+
+
+def child(side: str, mode: str, reference: Path | None) -> None:
+    generator = torch.Generator().manual_seed(0)
+    items = videos(generator)
+    model, criterion, postprocess = build_ours()
+    if side == "release":
+        model = build_release(reference)
+    model.train(mode == "train")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if side == "ours":
+        batch = our_batch(items if mode == "train" else items[:1], model.max_div_factor)
+        step = (
+            (lambda: our_train_step(model, criterion, optimizer, batch))
+            if mode == "train"
+            else (lambda: our_inference(model, postprocess, batch))
+        )
+    else:
+        inputs = items if mode == "train" else items[:1]
+        step = (
+            (lambda: release_train_step(model, optimizer, inputs))
+            if mode == "train"
+            else (lambda: release_inference(model, inputs))
+        )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": (after - before) / 1024}))
+
+
+# --------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", type=Path, help="checkout of happyharrycn/actionformer_release")
+    parser.add_argument("--steps", type=int, default=5, help="timed repetitions of each (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--child", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(*args.child, args.reference)
+        return
+
+    generator = torch.Generator().manual_seed(0)
+    items = videos(generator)
+    ours, criterion, postprocess = build_ours()
+    sides = {"ours": ours}
+    if args.reference:
+        release = build_release(args.reference)
+        copy_release_weights(release, ours)
+        sides["release"] = release
+        with torch.no_grad():  # same function first: the eval outputs of one video
+            ours.eval(), release.eval()
+            batch = our_batch(items[:1], ours.max_div_factor)
+            mine = postprocess(ours(batch["feats"], batch["masks"]), batch)[0]
+            theirs = release(items[:1])[0]
+            assert torch.allclose(
+                mine["scores"][:50], theirs["scores"][:50].to(mine["scores"].dtype), atol=1e-5
+            )
+            counts = f"{len(mine['scores'])} / {len(theirs['scores'])}"
+            print(f"same detections: top-50 scores agree to 1e-5 ({counts} detections)")
+    train_batch = our_batch(items, ours.max_div_factor)
+    eval_batch = our_batch(items[:1], ours.max_div_factor)
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in sides.items()}
+    steps = {
+        "ours": {
+            "train": lambda: our_train_step(ours, criterion, optimizers["ours"], train_batch),
+            "inference": lambda: our_inference(ours, postprocess, eval_batch),
+        }
+    }
+    if "release" in sides:
+        steps["release"] = {
+            "train": lambda: release_train_step(release, optimizers["release"], items),
+            "inference": lambda: release_inference(release, items[:1]),
+        }
+    times: dict[tuple[str, str], list[float]] = {}
+    for mode in ("train", "inference"):
+        for name, model in sides.items():
+            model.train(mode == "train")
+            steps[name][mode]()  # warm-up
+        for _ in range(args.steps):
+            for name, model in sides.items():
+                model.train(mode == "train")
+                times.setdefault((name, mode), []).append(timed(steps[name][mode]))
+    print(
+        f"THUMOS shapes: batch {BATCH} x {IN_DIM} x {SEQ_LEN} (training), 1 video (inference); "
+        f"{args.threads} threads, median of {args.steps}"
+    )
+    for mode in ("train", "inference"):
+        ours_s = statistics.median(times[("ours", mode)])
+        line = f"  {mode:<10} ours {ours_s:7.3f} s"
+        if ("release", mode) in times:
+            ref_s = statistics.median(times[("release", mode)])
+            line += f"   release {ref_s:7.3f} s   speed-up {ref_s / ours_s:.2f}x"
+        print(line)
+    if not args.no_memory:
+        reference = str(args.reference) if args.reference else None
+        for mode in ("train", "inference"):
+            ours_mb = peak_memory_child("ours", mode, reference, args.threads)
+            line = f"  peak memory {mode:<10} ours {ours_mb:7.0f} MB"
+            if reference:
+                ref_mb = peak_memory_child("release", mode, reference, args.threads)
+                line += f"   release {ref_mb:7.0f} MB   ratio {ours_mb / ref_mb:.2f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
