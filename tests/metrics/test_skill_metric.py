@@ -2,8 +2,10 @@
 re-scoring a predictions.json, and the SkillFormer paper's population scored the paper's way."""
 
 import json
+import os
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from shared_data import SHARED_DATA, require_shared
@@ -57,10 +59,11 @@ def test_ties_go_to_the_lowest_level_and_keys_are_normalised():
 
 def test_confusion_matrix_and_png(tmp_path):
     matrix = confusion_matrix(PROBS, LABELS)
-    expected = torch.zeros(4, 4, dtype=torch.int64)
+    expected = np.zeros((4, 4), dtype=np.int64)
     for true, pred in [(0, 0), (1, 1), (1, 2), (3, 3), (2, 1)]:
         expected[true, pred] += 1
-    assert torch.equal(matrix, expected)
+    assert matrix.dtype == np.int64 and np.array_equal(matrix, expected)
+    assert np.array_equal(confusion_matrix(PROBS, [None] * 6), np.zeros((4, 4)))
     path = plot_confusion_matrix(
         matrix, ["Novice", "Early Expert", "Intermediate Expert", "Late Expert"], tmp_path / "cm.png"
     )
@@ -90,6 +93,28 @@ def test_score_predictions_file(tmp_path):
     path.write_text(json.dumps({**payload, "version": "other"}))
     with pytest.raises(ValueError, match="egolab-skill-1"):
         score_predictions_file(path)
+
+
+def test_accuracy_equals_torchmetrics_bit_for_bit():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 7, 49, 466, 1001):
+        probs = rng.random((n, 4))
+        labels = rng.integers(0, 4, n)
+        preds = torch.from_numpy(probs).argmax(dim=1)
+        expected = float(multiclass_accuracy(preds, torch.from_numpy(labels), 4, average="micro"))
+        assert skill_metrics(probs, labels, ["x"] * n)["accuracy"] == expected
+        matrix = multiclass_confusion_matrix(preds, torch.from_numpy(labels), 4).numpy()
+        assert np.array_equal(confusion_matrix(probs, labels), matrix)
+
+
+def test_command_line_loads_no_torch(tmp_path, modules_after):
+    path = tmp_path / "predictions.json"
+    results = {"t0": {"probs": [0.9, 0.1], "label": 0, "scenario": "Cooking"}}
+    path.write_text(json.dumps({"version": "egolab-skill-1", "results": results}))
+    code = f"from egolab.metrics.skill import main; assert main([{str(path)!r}]) == 0"
+    assert not modules_after(code, dict(os.environ)) & {"torch", "torchmetrics", "transformers"}
 
 
 def test_release_scenario_buckets_case_sensitively_in_list_order():

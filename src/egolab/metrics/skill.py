@@ -1,6 +1,7 @@
 """Proficiency estimation metrics: top-1 accuracy overall and per scenario, confusion matrix.
 
-:func:`skill_metrics` scores per-take class probabilities (torchmetrics' multiclass accuracy);
+:func:`skill_metrics` scores per-take class probabilities (micro top-1 accuracy, float32 quotients as
+torchmetrics computes them; NumPy only, so that the command line loads no torch);
 :func:`score_predictions_file` recomputes the same numbers from a run's ``predictions.json``
 (format ``egolab-skill-1``, written by :class:`egolab.tasks.skill.SkillTask`). Takes without a label
 (the hidden test split) are not scored. By default each take of the evaluated split counts once, under
@@ -22,12 +23,14 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
-from egolab.data.skill import ReleaseRow, read_release_jsonl
+if TYPE_CHECKING:
+    import torch
+
+    from egolab.data.skill import ReleaseRow
 
 PREDICTIONS_VERSION = "egolab-skill-1"
 
@@ -43,17 +46,18 @@ def scenario_key(name: str) -> str:
 
 def _labelled(
     probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int | None]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities (N, C), labels (N,) and the mask of takes with a label (label >= 0)."""
-    probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
-    labels_t = torch.as_tensor(
-        [-1 if v is None else int(v) for v in np.asarray(labels, dtype=object).tolist()]
+    probs_a = np.asarray(probs, dtype=np.float64)
+    labels_a = np.array(
+        [-1 if v is None else int(v) for v in np.asarray(labels, dtype=object).tolist()], dtype=np.int64
     )
-    if probs_t.dim() != 2 or probs_t.shape[0] != labels_t.shape[0]:
-        raise ValueError(
-            f"expected probs (N, C) and labels (N,), got {tuple(probs_t.shape)}, {tuple(labels_t.shape)}"
-        )
-    return probs_t, labels_t, labels_t >= 0
+    if probs_a.ndim != 2 or probs_a.shape[0] != labels_a.shape[0]:
+        raise ValueError(f"expected probs (N, C) and labels (N,), got {probs_a.shape}, {labels_a.shape}")
+    mask = labels_a >= 0
+    if (labels_a[mask] >= probs_a.shape[1]).any():
+        raise ValueError(f"labels must be below the {probs_a.shape[1]} classes, got {labels_a[mask].max()}")
+    return probs_a, labels_a, mask
 
 
 def skill_metrics(
@@ -63,35 +67,34 @@ def skill_metrics(
 ) -> dict[str, float]:
     """``accuracy`` and ``accuracy_<scenario>`` (micro top-1 of argmax) over takes with a label.
 
-    Empty when no take is labelled. Ties in the probabilities go to the lowest class index.
+    Empty when no take is labelled. Ties in the probabilities go to the lowest class index. Each value is
+    a float32 quotient (as torchmetrics computed it), so logged and re-scored numbers are equal.
     """
-    probs_t, labels_t, mask = _labelled(probs, labels)
-    if len(scenarios) != len(labels_t):
-        raise ValueError(f"{len(scenarios)} scenarios for {len(labels_t)} takes")
+    probs_a, labels_a, mask = _labelled(probs, labels)
+    if len(scenarios) != len(labels_a):
+        raise ValueError(f"{len(scenarios)} scenarios for {len(labels_a)} takes")
     if not mask.any():
         return {}
-    num_classes = probs_t.shape[1]
-    preds = probs_t.argmax(dim=1)
+    correct = probs_a.argmax(axis=1) == labels_a
 
-    def accuracy(keep: torch.Tensor) -> float:
-        return float(multiclass_accuracy(preds[keep], labels_t[keep], num_classes, average="micro"))
+    def accuracy(keep: np.ndarray) -> float:
+        return float(np.float32(np.count_nonzero(correct & keep)) / np.float32(np.count_nonzero(keep)))
 
     results = {"accuracy": accuracy(mask)}
     names = np.asarray([scenario_key(s) for s in scenarios])
-    for name in sorted(set(names[mask.numpy()].tolist())):
-        results[f"accuracy_{name}"] = accuracy(mask & torch.as_tensor(names == name))
+    for name in sorted(set(names[mask].tolist())):
+        results[f"accuracy_{name}"] = accuracy(mask & (names == name))
     return results
 
 
 def confusion_matrix(
     probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int | None]
-) -> torch.Tensor:
-    """(C, C) counts, rows = true level, columns = predicted level, over labelled takes."""
-    probs_t, labels_t, mask = _labelled(probs, labels)
-    num_classes = probs_t.shape[1]
-    if not mask.any():
-        return torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    return multiclass_confusion_matrix(probs_t.argmax(dim=1)[mask], labels_t[mask], num_classes)
+) -> np.ndarray:
+    """(C, C) int64 counts, rows = true level, columns = predicted level, over labelled takes."""
+    probs_a, labels_a, mask = _labelled(probs, labels)
+    num_classes = probs_a.shape[1]
+    cells = labels_a[mask] * num_classes + probs_a[mask].argmax(axis=1)
+    return np.bincount(cells, minlength=num_classes**2).astype(np.int64).reshape(num_classes, num_classes)
 
 
 def plot_confusion_matrix(
@@ -195,6 +198,8 @@ def score_predictions_file(
     labels = [results[u]["label"] for u in uids]
     metrics = skill_metrics(probs, labels, [results[u]["scenario"] for u in uids])
     if paper_population is not None:
+        from egolab.data.skill import read_release_jsonl  # loads torch: only for the paper's population
+
         predictions = by_take_name([results[u] for u in uids], str(path))
         rows = read_release_jsonl(paper_population)
         metrics.update(paper_population_metrics(predictions, rows, str(paper_population)))
