@@ -26,10 +26,10 @@ from egolab.data.skill import (
     preprocess_frames,
     read_annotation_jsonl,
     read_frames,
-    read_release_jsonl,
     sample_frame_indices,
     window_length,
 )
+from egolab.data.skill_annotations import read_release_jsonl
 
 VIDEOS = SHARED_DATA / "videos"
 DOCS = SHARED_DATA / "ego4d" / "egoexo4d_docs_annotations_proficiency_estimation.md"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from shared_data import SHARED_DATA, require_shared
 
-from egolab.data.skill import read_release_jsonl
+from egolab.data.skill_annotations import read_release_jsonl
 from egolab.metrics.skill import (
     confusion_matrix,
     main,
@@ -111,9 +111,14 @@ def test_accuracy_equals_torchmetrics_bit_for_bit():
 
 def test_command_line_loads_no_torch(tmp_path, modules_after):
     path = tmp_path / "predictions.json"
-    results = {"t0": {"probs": [0.9, 0.1], "label": 0, "scenario": "Cooking"}}
+    results = {"t0": {"probs": [0.9, 0.1], "label": 0, "scenario": "Cooking", "take_name": "x_cooking_1"}}
     path.write_text(json.dumps({"version": "egolab-skill-1", "results": results}))
+    population = tmp_path / "population.jsonl"
+    population.write_text(release_row("x_cooking_1", "Novice") + "\n")
     code = f"from egolab.metrics.skill import main; assert main([{str(path)!r}]) == 0"
+    assert not modules_after(code, dict(os.environ)) & {"torch", "torchmetrics", "transformers"}
+    argv = [str(path), "--paper-population", str(population)]
+    code = f"from egolab.metrics.skill import main; assert main({argv!r}) == 0"
     assert not modules_after(code, dict(os.environ)) & {"torch", "torchmetrics", "transformers"}
 
 

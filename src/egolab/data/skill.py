@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from egolab.data.loaders import make_loader
+from egolab.data.skill_annotations import LABEL_NAMES, label_of, take_name
 
 log = logging.getLogger(__name__)
 
-LABEL_NAMES = ("Novice", "Early Expert", "Intermediate Expert", "Late Expert")
 """Proficiency levels in label-id order (the release's mapping)."""
 
 VIEW_KEYS = ("ego", "exo1", "exo2", "exo3", "exo4")
@@ -66,26 +66,6 @@ _MAX_REPORTED = 5
 
 # ----------------------------------------------------------------------------------------------------
 # Official json -> jsonl
-
-
-def _label_of(level: Any, where: str) -> int | None:
-    if level is None:
-        return None
-    if not isinstance(level, str) or level.strip().title() not in LABEL_NAMES:
-        raise ValueError(
-            f"{where}: unknown proficiency_score {level!r} (expected one of {list(LABEL_NAMES)})"
-        )
-    return LABEL_NAMES.index(level.strip().title())
-
-
-def _take_name(paths: Sequence[str | None]) -> str:
-    """``takes/<take_name>/...`` -> ``<take_name>`` (the folder of the take's videos)."""
-    for path in paths:
-        if path:
-            parts = Path(path).parts
-            if len(parts) > 1 and parts[0] == "takes":
-                return parts[1]
-    return ""
 
 
 def convert_official_records(records: Sequence[Mapping[str, Any]], source: str = "") -> list[dict]:
@@ -113,11 +93,11 @@ def convert_official_records(records: Sequence[Mapping[str, Any]], source: str =
         scenario = rec.get("scenario_name")
         if not isinstance(scenario, str) or not scenario:
             raise ValueError(f"{where}: missing scenario_name")
-        label = _label_of(rec.get("proficiency_score"), where)
+        label = label_of(rec.get("proficiency_score"), where)
         lines.append(
             {
                 "take_uid": uid,
-                "take_name": _take_name(paths),
+                "take_name": take_name(paths),
                 "scenario_name": scenario,
                 "task_name": rec.get("task_name", ""),
                 "video_paths": paths,
@@ -196,7 +176,7 @@ def read_annotation_jsonl(path: str | os.PathLike) -> list[TakeRecord]:
         takes.append(
             TakeRecord(
                 rec["take_uid"],
-                rec.get("take_name") or _take_name(paths),
+                rec.get("take_name") or take_name(paths),
                 str(rec.get("scenario_name", "")),
                 label,
                 tuple(paths),
@@ -205,49 +185,6 @@ def read_annotation_jsonl(path: str | os.PathLike) -> list[TakeRecord]:
     if not takes:
         raise ValueError(f"{path}: no takes")
     return takes
-
-
-@dataclass(frozen=True)
-class ReleaseRow:
-    """One row of a SkillFormer-release jsonl: its line number, take folder, label id, first video path."""
-
-    line: int
-    take_name: str
-    label: int
-    first_path: str
-
-
-def read_release_jsonl(path: str | os.PathLike) -> list[ReleaseRow]:
-    """Rows of a jsonl in the SkillFormer release's format, in file order, repeated takes kept.
-
-    Each row holds ``video_paths`` (a list whose first entry is ``takes/<take>/...``) and
-    ``proficiency_level``; errors name the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SkillFormer-release jsonl not found: {path}")
-    rows: list[ReleaseRow] = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid json ({err})") from err
-        paths = rec.get("video_paths") if isinstance(rec, dict) else None
-        if not isinstance(paths, list) or not paths or not isinstance(paths[0], str):
-            raise ValueError(f"{where}: expected 'video_paths', a list of paths")
-        name = _take_name(paths[:1])
-        if not name:
-            raise ValueError(f"{where}: video path {paths[0]!r} is not takes/<take>/...")
-        label = _label_of(rec.get("proficiency_level"), f"{where}: take {name}")
-        if label is None:
-            raise ValueError(f"{where}: take {name} has no proficiency_level")
-        rows.append(ReleaseRow(n, name, label, paths[0]))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from egolab.data.skill_annotations import ReleaseRow, read_release_jsonl
+
 if TYPE_CHECKING:
     import torch
-
-    from egolab.data.skill import ReleaseRow
 
 PREDICTIONS_VERSION = "egolab-skill-1"
 
@@ -198,8 +198,6 @@ def score_predictions_file(
     labels = [results[u]["label"] for u in uids]
     metrics = skill_metrics(probs, labels, [results[u]["scenario"] for u in uids])
     if paper_population is not None:
-        from egolab.data.skill import read_release_jsonl  # loads torch: only for the paper's population
-
         predictions = by_take_name([results[u] for u in uids], str(path))
         rows = read_release_jsonl(paper_population)
         metrics.update(paper_population_metrics(predictions, rows, str(paper_population)))

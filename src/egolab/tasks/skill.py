@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egolab.checkpoints import check_fits, frozen_fingerprint, keep_trained
-from egolab.data.skill import LABEL_NAMES, ReleaseRow, read_release_jsonl
+from egolab.data.skill_annotations import LABEL_NAMES, ReleaseRow, read_release_jsonl
 from egolab.metrics.skill import (
     PREDICTIONS_VERSION,
     by_take_name,
