@@ -7,7 +7,7 @@ focal + DIoU) + backward + AdamW on 2 videos of 2304 I3D steps (2048-d, the seco
 inference is one forward in eval mode on a video of 2304 steps followed by each side's decoding and
 soft-NMS (the release's compiled ``nms_1d_cpu``). Steps of the two alternate so that a busy host slows
 both alike; medians and ratios are printed. Peak memory is the largest resident set size of a child
-process that runs only that measurement, less the same process's size after building the model.
+process that runs only that measurement (after a warm-up step), over its size just before the step.
 
 The release is not part of egolab: fetch it and build its NMS extension once, then point at it::
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -165,32 +164,41 @@ def peak_memory_child(side: str, mode: str, reference: str | None, threads: int)
     return json.loads(out)["peak_mb"]
 
 
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def child(side: str, mode: str, reference: Path | None) -> None:
+    """One warm-up and one measured step; the peak resident set reached during the measured one, over the
+    resident set before it (the peak is reset first through /proc/self/clear_refs)."""
     generator = torch.Generator().manual_seed(0)
     items = videos(generator)
-    model, criterion, postprocess = build_ours()
     if side == "release":
         model = build_release(reference)
+    else:
+        model, criterion, postprocess = build_ours()
     model.train(mode == "train")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs = items if mode == "train" else items[:1]
     if side == "ours":
-        batch = our_batch(items if mode == "train" else items[:1], model.max_div_factor)
-        step = (
-            (lambda: our_train_step(model, criterion, optimizer, batch))
-            if mode == "train"
-            else (lambda: our_inference(model, postprocess, batch))
-        )
+        batch = our_batch(inputs, model.max_div_factor)
+        if mode == "train":
+            step = lambda: our_train_step(model, criterion, optimizer, batch)  # noqa: E731
+        else:
+            step = lambda: our_inference(model, postprocess, batch)  # noqa: E731
+    elif mode == "train":
+        step = lambda: release_train_step(model, optimizer, inputs)  # noqa: E731
     else:
-        inputs = items if mode == "train" else items[:1]
-        step = (
-            (lambda: release_train_step(model, optimizer, inputs))
-            if mode == "train"
-            else (lambda: release_inference(model, inputs))
-        )
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step = lambda: release_inference(model, inputs)  # noqa: E731
+    step()  # warm-up: optimizer state, allocator pools
+    before = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (after - before) / 1024}))
+    print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
 
 
 # --------------------------------------------------------------------------------------- main

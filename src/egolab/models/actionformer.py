@@ -72,7 +72,12 @@ class MaskedConv1D(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, T) tensor, with a per-channel affine."""
+    """LayerNorm over the channel axis of a (B, C, T) tensor, with a per-channel affine.
+
+    Computed in place along the channel axis, as the release does, rather than through ``F.layer_norm``
+    on a transposed tensor, whose two layout copies made it the slowest op after the convolutions.
+    Half-precision inputs (autocast) are normalised in float32.
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -81,8 +86,12 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps)
-        return out.transpose(1, 2)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        centred = x - x.mean(dim=1, keepdim=True)
+        scale = torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)
+        return (centred * scale * self.weight[:, None] + self.bias[:, None]).to(dtype)
 
 
 class Scale(nn.Module):
