@@ -37,16 +37,14 @@ SEQ_LEN, IN_DIM, BATCH = 2304, 2048, 2
 # --------------------------------------------------------------------------------------- models
 def build_ours() -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """Our model, criterion and post-processor as ``expts/localization/thumos_i3d.txt`` composes them."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from egolab.launch.txtfile import expand_sweep, read_experiment
-    from egolab.paths import CONF_DIR, REPO_ROOT
+    from egolab.launch.txtfile import compose_experiment
+    from egolab.paths import REPO_ROOT
 
-    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / "localization" / "thumos_i3d.txt"))
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "paths.root=/nonexistent"])
+    cfg = compose_experiment(
+        REPO_ROOT / "expts" / "localization" / "thumos_i3d.txt", ["paths.root=/nonexistent"]
+    )
     model = instantiate(cfg.model)
     criterion = instantiate(cfg.task.criterion)
     postprocess = instantiate(cfg.task.postprocess)

@@ -8,11 +8,10 @@ catches it.
 """
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from egolab.launch.txtfile import expand_sweep, read_experiment
-from egolab.paths import CONF_DIR, REPO_ROOT
+from egolab.launch.txtfile import compose_experiment
+from egolab.paths import REPO_ROOT
 
 DEFAULT_RANGES = [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 10000]]
 EPIC_RANGES = [[0, 4], [2, 8], [4, 16], [8, 32], [16, 64], [32, 10000]]
@@ -170,16 +169,9 @@ RELEASED = {
 }
 
 
-def composed(txt: str):
-    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / "localization" / txt))
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*overrides, "paths.root=/nonexistent"])
-
-
 @pytest.mark.parametrize("txt", sorted(RELEASED))
 def test_released_recipe_values(txt):
-    cfg = composed(txt)
+    cfg = compose_experiment(REPO_ROOT / "expts" / "localization" / txt, ["paths.root=/nonexistent"])
     ours = {
         key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"]
         for key in RELEASED[txt]

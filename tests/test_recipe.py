@@ -92,18 +92,13 @@ def test_scale_learning_rates_multiplies_every_group():
 )
 def test_tasks_multiply_their_learning_rates_by_lr_scale(txt):
     """What `recipe.adapt=scale_lr` relies on: each task's optimizer takes ``task.lr_scale`` into account."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from egolab.launch.txtfile import expand_sweep, read_experiment
-    from egolab.paths import CONF_DIR, REPO_ROOT
+    from egolab.launch.txtfile import compose_experiment
+    from egolab.paths import REPO_ROOT
 
-    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / f"{txt}.txt"))
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=[*overrides, "paths.root=/nonexistent", "paths.run_dir=/nonexistent"]
-        )
+    extra = ["paths.root=/nonexistent", "paths.run_dir=/nonexistent"]
+    cfg = compose_experiment(REPO_ROOT / "expts" / f"{txt}.txt", extra)
     rates = []
     for scale in (1.0, 3.0):
         task = instantiate(cfg.task)

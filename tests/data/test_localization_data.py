@@ -754,11 +754,10 @@ EGO4D_LABEL_MAP = SHARED_DATA / "ego4d" / "ego4d_mq_label_map_actionformer.txt"
 def test_real_ego4d_mq_clip_file_reads_as_shipped(tmp_path):
     """The Ego4D experiment's data config reads the MQ clip json as shipped (no `database` wrapper,
     subsets train / val / test, labels with literal quotes) with its three feature streams."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from egolab.launch.txtfile import expand_sweep, read_experiment
-    from egolab.paths import CONF_DIR, REPO_ROOT
+    from egolab.launch.txtfile import compose_experiment
+    from egolab.paths import REPO_ROOT
 
     require_shared(EGO4D_MQ)
     clips = json.loads(EGO4D_MQ.read_text())
@@ -772,14 +771,11 @@ def test_real_ego4d_mq_clip_file_reads_as_shipped(tmp_path):
         folder.mkdir()
         for clip in chosen["train"] + chosen["val"]:
             np.save(folder / f"{clip}.npy", np.zeros((40, dim), np.float32))
-    (overrides,) = expand_sweep(read_experiment(REPO_ROOT / "expts" / "localization" / "ego4d_mq.txt"))
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    overrides += [
-        f"data.dataset.json_file={EGO4D_MQ}",
-        f"data.dataset.feat_folders=[{','.join(map(str, folders))}]",
-    ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    feat_folders = f"data.dataset.feat_folders=[{','.join(map(str, folders))}]"
+    cfg = compose_experiment(
+        REPO_ROOT / "expts" / "localization" / "ego4d_mq.txt",
+        [f"data.dataset.json_file={EGO4D_MQ}", feat_folders],
+    )
     make = instantiate(cfg.data.dataset)
     val = make(split=list(cfg.data.val_split), training=False)
     train = make(split=list(cfg.data.train_split), training=True)

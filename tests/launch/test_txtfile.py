@@ -2,7 +2,14 @@
 
 import pytest
 
-from egolab.launch.txtfile import ExperimentFileError, expand_sweep, is_sweep, read_experiment, strip_comment
+from egolab.launch.txtfile import (
+    ExperimentFileError,
+    compose_experiment,
+    expand_sweep,
+    is_sweep,
+    read_experiment,
+    strip_comment,
+)
 
 
 def write(tmp_path, text):
@@ -55,3 +62,15 @@ def test_bad_line_names_file_and_line(tmp_path, text, lineno):
 def test_missing_file(tmp_path):
     with pytest.raises(ExperimentFileError, match="not found"):
         read_experiment(tmp_path / "nope.txt")
+
+
+def test_compose_experiment_builds_one_run_and_refuses_a_sweep(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text(
+        "task=localization\nmodel=actionformer/demo\ndata=localization/demo\nhydra.job.chdir=false\n"
+    )
+    cfg = compose_experiment(path, ["seed=7"])
+    assert (cfg.seed, cfg.model.num_classes) == (7, 5)
+    path.write_text("task=localization\nmodel=actionformer/demo\ndata=localization/demo\nseed=0,1\n")
+    with pytest.raises(ValueError, match="a sweep of 2 runs"):
+        compose_experiment(path)

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from shared_data import SHARED_DATA, require_shared
 
-from egolab.launch.txtfile import expand_sweep, read_experiment
+from egolab.launch.txtfile import compose_experiment
 from egolab.metrics.anticipation import marginalize, score_predictions_file
 from egolab.paths import CONF_DIR
 from egolab.prototypes import generate_visual_prototypes
@@ -179,16 +179,14 @@ def test_include_discarded_zero_scores_exactly_rulstm_discarded_segments():
     np.testing.assert_allclose(arrays["verb_scores"][~zero].sum(1), 1.0, atol=1e-4)
 
 
-def compose_experiment(name: str):
-    overrides = expand_sweep(read_experiment(EXPTS / name))[0]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*overrides, "paths.root=/nonexistent"])
+def compose_anticipation(name: str):
+    return compose_experiment(EXPTS / name, ["paths.root=/nonexistent"])
 
 
 @pytest.mark.parametrize("name", ["ek100_avt_tsn.txt", "ek100_avt_ircsn.txt", "ek100_avt_vit.txt"])
 def test_avt_ek100_experiments_follow_the_release(name):
     """AVT expts/0{1,2,4}_ek100_*.txt: classifier dropout 0.2, SGD with Nesterov momentum 0.9."""
-    cfg = compose_experiment(name)
+    cfg = compose_anticipation(name)
     assert cfg.model.head.dropout == 0.2
     optimizer = cfg.task.optimizer
     assert (optimizer._target_, optimizer.momentum, optimizer.nesterov) == ("torch.optim.SGD", 0.9, True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 class ExperimentFileError(ValueError):
@@ -89,3 +93,18 @@ def expand_sweep(lines: list[OverrideLine]) -> list[list[str]]:
 def is_sweep(lines: list[OverrideLine]) -> bool:
     """Whether any override is a sweep (comma list, range, glob)."""
     return any(override.is_sweep_override() for override in parse_overrides(lines))
+
+
+def compose_experiment(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed root config of a one-run experiment file plus ``extra`` overrides, without the
+    launcher's ``hydra.*`` lines (for tests, benchmarks and notebooks that build a run's objects)."""
+    from hydra import compose, initialize_config_dir
+
+    from egolab.paths import CONF_DIR
+
+    combos = expand_sweep(read_experiment(path))
+    if len(combos) != 1:
+        raise ValueError(f"{path}: a sweep of {len(combos)} runs; compose one combination at a time")
+    overrides = [o for o in combos[0] if not o.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, *extra])
