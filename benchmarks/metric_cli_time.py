@@ -21,38 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from egolab.data.demo_localization import synthetic_detections
 from egolab.metrics.localization import ANET_TIOU_THRESHOLDS, SegmentTable, evaluate_detection
 
 TARGET_S = 1.0
 N_VIDEOS, N_CLASSES, PER_VIDEO = 4728, 200, 100
-
-
-def activitynet_like(seed: int) -> tuple[SegmentTable, SegmentTable]:
-    """1-3 GTs of one class per video; ``PER_VIDEO`` predictions per video, 80% of that class, 70% of
-    them jittered GTs, scores rounded to 3 decimals (so with ties)."""
-    rng = np.random.default_rng(seed)
-    dur = rng.uniform(30, 240, N_VIDEOS)
-    n_gt = rng.integers(1, 4, N_VIDEOS)
-    gvid = np.repeat(np.arange(N_VIDEOS), n_gt)
-    glen = rng.uniform(0.05, 0.6, gvid.size) * dur[gvid]
-    gstart = rng.random(gvid.size) * (dur[gvid] - glen)
-    vcls = rng.integers(0, N_CLASSES, N_VIDEOS)
-    pvid = np.repeat(np.arange(N_VIDEOS), PER_VIDEO)
-    src = (np.cumsum(n_gt) - n_gt)[pvid] + rng.integers(0, n_gt[pvid])
-    jitter = rng.normal(0, 0.15, (pvid.size, 2)) * glen[src, None]
-    start, end = gstart[src] + jitter[:, 0], gstart[src] + glen[src] + jitter[:, 1]
-    rand = rng.random(pvid.size) < 0.3
-    start[rand] = rng.random(rand.sum()) * dur[pvid[rand]]
-    end[rand] = start[rand] + rng.uniform(0.02, 0.5, rand.sum()) * dur[pvid[rand]]
-    start, end = np.clip(start, 0, dur[pvid]), np.clip(end, 0, dur[pvid])
-    labels = np.where(rng.random(pvid.size) < 0.8, vcls[pvid], rng.integers(0, N_CLASSES, pvid.size))
-    names = np.array([f"v{i:05d}" for i in range(N_VIDEOS)])
-    gt = SegmentTable(names[gvid], np.round(np.column_stack([gstart, gstart + glen]), 2), vcls[gvid])
-    segments = np.round(np.column_stack([np.minimum(start, end), np.maximum(start, end)]), 2)
-    pred = SegmentTable(names[pvid], segments, labels, np.round(rng.random(pvid.size), 3))
-    return gt, pred
 
 
 def write_files(gt: SegmentTable, pred: SegmentTable, folder: Path) -> tuple[Path, Path]:
@@ -81,34 +54,11 @@ def wall(cmd: list[str]) -> float:
 
 def detection_map_seconds(gt: SegmentTable, pred: SegmentTable) -> tuple[float, float]:
     """Time of ``DetectionMAP`` over the data in batches of 16 videos, and its average mAP."""
-    import torch
-
-    from egolab.metrics.localization import DetectionMAP
+    from egolab.metrics.localization_metric import DetectionMAP, records_by_video
 
     metric = DetectionMAP(tiou_thresholds=ANET_TIOU_THRESHOLDS.tolist(), top_k=(1, 5))
     t0 = time.perf_counter()
-    videos = np.unique(gt.videos)
-    p_order = np.argsort(pred.videos, kind="stable")
-    p_bounds = np.searchsorted(pred.videos[p_order], videos).tolist() + [len(pred)]
-    g_bounds = np.searchsorted(gt.videos, videos).tolist() + [len(gt)]
-    preds, targets = [], []
-    for i, vid in enumerate(videos.tolist()):
-        p, g = p_order[p_bounds[i] : p_bounds[i + 1]], slice(g_bounds[i], g_bounds[i + 1])
-        preds.append(
-            {
-                "video_id": vid,
-                "segments": torch.from_numpy(pred.segments[p]),
-                "scores": torch.from_numpy(pred.scores[p]),
-                "labels": torch.from_numpy(pred.labels[p]),
-            }
-        )
-        targets.append(
-            {
-                "video_id": vid,
-                "segments": torch.from_numpy(gt.segments[g]),
-                "labels": torch.from_numpy(gt.labels[g]),
-            }
-        )
+    preds, targets = records_by_video(gt, pred)
     for b in range(0, len(preds), 16):
         metric.update(preds[b : b + 16], targets[b : b + 16])
     value = metric.compute()["average_mAP"].item()
@@ -122,7 +72,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    gt, pred = activitynet_like(args.seed)
+    gt, pred = synthetic_detections(N_VIDEOS, N_CLASSES, PER_VIDEO, args.seed, segment_decimals=2)
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, pred_path = write_files(gt, pred, Path(tmp))
         mib = pred_path.stat().st_size / 2**20

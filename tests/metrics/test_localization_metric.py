@@ -14,6 +14,7 @@ import pytest
 import torch
 from shared_data import SHARED_DATA, require_shared
 
+from egolab.data.demo_localization import synthetic_detections
 from egolab.metrics.localization import (
     ANET_TIOU_THRESHOLDS,
     DetectionMAP,
@@ -26,6 +27,7 @@ from egolab.metrics.localization import (
     segment_tiou,
     topkx_recall_detection,
 )
+from egolab.metrics.localization_metric import records_by_video
 
 ANET_DIR = SHARED_DATA / "activitynet"
 
@@ -472,34 +474,8 @@ def test_metric_under_ddp(tmp_path):
 # ActivityNet-like inputs: reference agreement at medium size, speed at ActivityNet-val size
 
 
-def anet_like(n_vid: int, n_cls: int, per_video: int, seed: int = 0) -> tuple[SegmentTable, SegmentTable]:
-    """1-3 GTs of one class per video; per video `per_video` predictions, 80% of that class, mostly
-    jittered GTs, scores rounded to 3 decimals (so with ties), like a real detector's output."""
-    rng = np.random.default_rng(seed)
-    dur = rng.uniform(30, 240, n_vid)
-    n_gt = rng.integers(1, 4, n_vid)
-    gvid = np.repeat(np.arange(n_vid), n_gt)
-    glen = rng.uniform(0.05, 0.6, gvid.size) * dur[gvid]
-    gstart = rng.random(gvid.size) * (dur[gvid] - glen)
-    vcls = rng.integers(0, n_cls, n_vid)
-    pvid = np.repeat(np.arange(n_vid), per_video)
-    src = (np.cumsum(n_gt) - n_gt)[pvid] + rng.integers(0, n_gt[pvid])
-    jitter = rng.normal(0, 0.15, (pvid.size, 2)) * glen[src, None]
-    start, end = gstart[src] + jitter[:, 0], gstart[src] + glen[src] + jitter[:, 1]
-    rand = rng.random(pvid.size) < 0.3
-    start[rand] = rng.random(rand.sum()) * dur[pvid[rand]]
-    end[rand] = start[rand] + rng.uniform(0.02, 0.5, rand.sum()) * dur[pvid[rand]]
-    start, end = np.clip(start, 0, dur[pvid]), np.clip(end, 0, dur[pvid])
-    labels = np.where(rng.random(pvid.size) < 0.8, vcls[pvid], rng.integers(0, n_cls, pvid.size))
-    names = np.array([f"v{i:05d}" for i in range(n_vid)])
-    gt = SegmentTable(names[gvid], np.column_stack([gstart, gstart + glen]), vcls[gvid])
-    segments = np.column_stack([np.minimum(start, end), np.maximum(start, end)])
-    pred = SegmentTable(names[pvid], segments, labels, np.round(rng.random(pvid.size), 3))
-    return gt, pred
-
-
 def test_anet_like_matches_loop_reference():
-    gt, pred = anet_like(n_vid=40, n_cls=6, per_video=60, seed=5)
+    gt, pred = synthetic_detections(n_videos=40, n_classes=6, per_video=60, seed=5)
     thresholds = ANET_TIOU_THRESHOLDS.tolist()
     res = evaluate_detection(gt, pred, thresholds, (1, 5))
     for ci, c in enumerate(res.classes):
@@ -520,35 +496,14 @@ def test_anet_like_matches_loop_reference():
 def test_detection_map_matches_api_at_activitynet_val_scale():
     # ActivityNet-1.3 val: 4,728 videos x 100 predictions = 472,800, 200 classes, 10 thresholds.
     # Timings: benchmarks/metric_cli_time.py.
-    gt, pred = anet_like(n_vid=4728, n_cls=200, per_video=100)
+    gt, pred = synthetic_detections(n_videos=4728, n_classes=200, per_video=100)
     assert len(pred) == 472_800
     res = evaluate_detection(gt, pred, ANET_TIOU_THRESHOLDS, top_k=(1, 5))
 
     metric = DetectionMAP(tiou_thresholds=ANET_TIOU_THRESHOLDS.tolist(), top_k=(1, 5))
-    order = np.argsort(pred.videos, kind="stable")
-    p_first = np.searchsorted(pred.videos[order], np.unique(gt.videos), side="left").tolist() + [len(pred)]
-    g_first = np.searchsorted(gt.videos, np.unique(gt.videos)).tolist() + [len(gt)]
-    items = []
-    for i, vid in enumerate(np.unique(gt.videos).tolist()):
-        p = order[p_first[i] : p_first[i + 1]]
-        g = slice(g_first[i], g_first[i + 1])
-        items.append(
-            (
-                {
-                    "video_id": vid,
-                    "segments": torch.from_numpy(pred.segments[p]),
-                    "scores": torch.from_numpy(pred.scores[p]),
-                    "labels": torch.from_numpy(pred.labels[p]),
-                },
-                {
-                    "video_id": vid,
-                    "segments": torch.from_numpy(gt.segments[g]),
-                    "labels": torch.from_numpy(gt.labels[g]),
-                },
-            )
-        )
-    for b in range(0, len(items), 16):
-        metric.update([p for p, _ in items[b : b + 16]], [t for _, t in items[b : b + 16]])
+    preds, targets = records_by_video(gt, pred)
+    for b in range(0, len(preds), 16):
+        metric.update(preds[b : b + 16], targets[b : b + 16])
     out = metric.compute()
     assert out["average_mAP"].item() == pytest.approx(res.average_mAP, abs=1e-12)
 

@@ -199,3 +199,31 @@ class DetectionMAP(Metric):
             (names[c] if names is not None else int(c)): torch.tensor(res.ap[:, i], dtype=torch.float64)
             for i, c in enumerate(res.classes.tolist())
         }
+
+
+def records_by_video(gt: SegmentTable, pred: SegmentTable) -> tuple[list[dict], list[dict]]:
+    """Two tables as :meth:`DetectionMAP.update` takes them: one prediction and one target record per
+    video of ``gt`` (``gt`` sorted by video), in video order."""
+    videos = np.unique(gt.videos)
+    order = np.argsort(pred.videos, kind="stable")
+    p_first = np.searchsorted(pred.videos[order], videos).tolist() + [len(pred)]
+    g_first = np.searchsorted(gt.videos, videos).tolist() + [len(gt)]
+    preds, targets = [], []
+    for i, vid in enumerate(videos.tolist()):
+        p, g = order[p_first[i] : p_first[i + 1]], slice(g_first[i], g_first[i + 1])
+        preds.append(
+            {
+                "video_id": vid,
+                "segments": torch.from_numpy(pred.segments[p]),
+                "scores": torch.from_numpy(pred.scores[p]),
+                "labels": torch.from_numpy(pred.labels[p]),
+            }
+        )
+        targets.append(
+            {
+                "video_id": vid,
+                "segments": torch.from_numpy(gt.segments[g]),
+                "labels": torch.from_numpy(gt.labels[g]),
+            }
+        )
+    return preds, targets
