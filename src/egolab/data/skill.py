@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from egolab.data.loaders import make_loader
-from egolab.data.skill_annotations import LABEL_NAMES, label_of, take_name
+from egolab.data.skill_annotations import LABEL_NAMES, jsonl_records, label_of, take_name
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,7 @@ def read_annotation_jsonl(path: str | os.PathLike) -> list[TakeRecord]:
             "prepare_annotation <official json> <jsonl>`)"
         )
     takes: list[TakeRecord] = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid json ({err})") from err
+    for _, where, rec in jsonl_records(path):
         paths = rec.get("video_paths")
         if (
             not isinstance(rec.get("take_uid"), str)

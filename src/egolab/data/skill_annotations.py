@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,18 @@ def take_name(paths: Sequence[str | None]) -> str:
     return ""
 
 
+def jsonl_records(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "file:line", record)`` of each non-blank line of a jsonl; bad json names the line."""
+    for n, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            yield n, where, json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid json ({err})") from err
+
+
 @dataclass(frozen=True)
 class ReleaseRow:
     """One row of a SkillFormer-release jsonl: its line number, take folder, label id, first video path."""
@@ -57,14 +69,7 @@ def read_release_jsonl(path: str | os.PathLike) -> list[ReleaseRow]:
     if not path.is_file():
         raise FileNotFoundError(f"SkillFormer-release jsonl not found: {path}")
     rows: list[ReleaseRow] = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid json ({err})") from err
+    for n, where, rec in jsonl_records(path):
         paths = rec.get("video_paths") if isinstance(rec, dict) else None
         if not isinstance(paths, list) or not paths or not isinstance(paths[0], str):
             raise ValueError(f"{where}: expected 'video_paths', a list of paths")
