@@ -74,7 +74,7 @@ class MaskedConv1D(nn.Module):
 class LayerNorm(nn.Module):
     """LayerNorm over the channel axis of a (B, C, T) tensor, with a per-channel affine.
 
-    Computed in place along the channel axis, as the release does, rather than through ``F.layer_norm``
+    Computed directly along the channel axis, as the release does, rather than through ``F.layer_norm``
     on a transposed tensor, whose two layout copies made it the slowest op after the convolutions.
     Half-precision inputs (autocast) are normalised in float32.
     """
