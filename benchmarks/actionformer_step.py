@@ -5,7 +5,10 @@ release's ``configs/thumos_i3d.yaml``) and share identical weights (the release'
 outputs are checked equal before anything is timed. A training step is forward + loss (label assignment,
 focal + DIoU) + backward + AdamW on 2 videos of 2304 I3D steps (2048-d, the second 60% padded);
 inference is one forward in eval mode on a video of 2304 steps followed by each side's decoding and
-soft-NMS (the release's compiled ``nms_1d_cpu``). Steps of the two alternate so that a busy host slows
+soft-NMS (the release's compiled ``nms_1d_cpu``). With ``--thumos-json`` (the release's THUMOS
+annotation file) inference is also timed over videos of the real THUMOS'14 test lengths, where both sides
+pad a batch as the release does (to 2304 steps when a video fits, else to a multiple of 576) and ours
+skips the padding it can (the model's ``trim_padding``). Steps of the two alternate so that a busy host slows
 both alike; medians and ratios are printed. Peak memory is the largest resident set size of a child
 process that runs only that measurement (after a warm-up step), over its size just before the step.
 
@@ -13,7 +16,8 @@ The release is not part of egolab: fetch it and build its NMS extension once, th
 
     git clone https://github.com/happyharrycn/actionformer_release /tmp/afr
     (cd /tmp/afr/libs/utils && python setup.py build_ext --inplace)
-    python benchmarks/actionformer_step.py --reference /tmp/afr [--steps 5] [--threads 2]
+    python benchmarks/actionformer_step.py --reference /tmp/afr [--steps 5] [--threads 2] \
+        [--thumos-json data/thumos/annotations/thumos14.json --videos 24]
 
 Without ``--reference`` only our figures are printed.
 """
@@ -21,7 +25,9 @@ Without ``--reference`` only our figures are printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -91,31 +97,46 @@ def copy_release_weights(release: torch.nn.Module, ours: torch.nn.Module) -> Non
 
 
 # --------------------------------------------------------------------------------------- inputs
+def video(length: int, generator: torch.Generator) -> dict:
+    """``length`` random I3D steps (stride 4 at 30 fps) and 8 ground-truth segments (grid units)."""
+    starts = torch.rand(8, generator=generator) * max(length - 100, 1)
+    segments = torch.stack((starts, starts + 10 + 80 * torch.rand(8, generator=generator)), 1)
+    return {
+        "video_id": f"v{length}",
+        "feats": torch.randn(IN_DIM, length, generator=generator),
+        "segments": segments,
+        "labels": torch.randint(0, 20, (8,), generator=generator),
+        "fps": 30.0,
+        "duration": length * 4 / 30,
+        "feat_stride": 4,
+        "feat_num_frames": 16,
+    }
+
+
 def videos(generator: torch.Generator) -> list[dict]:
-    """Two training videos (full length and 40%) with a few ground-truth segments (grid units)."""
-    out = []
-    for length in (SEQ_LEN, int(0.4 * SEQ_LEN)):
-        starts = torch.rand(8, generator=generator) * (length - 100)
-        segments = torch.stack((starts, starts + 10 + 80 * torch.rand(8, generator=generator)), 1)
-        out.append(
-            {
-                "video_id": f"v{length}",
-                "feats": torch.randn(IN_DIM, length, generator=generator),
-                "segments": segments,
-                "labels": torch.randint(0, 20, (8,), generator=generator),
-                "fps": 30.0,
-                "duration": length * 4 / 30,
-                "feat_stride": 4,
-                "feat_num_frames": 16,
-            }
-        )
-    return out
+    """The two training videos: full length and 40%."""
+    return [video(SEQ_LEN, generator), video(int(0.4 * SEQ_LEN), generator)]
 
 
-def our_batch(items: list[dict], max_div_factor: int) -> dict:
+def thumos_test_lengths(path: Path, count: int) -> list[int]:
+    """I3D step counts (duration x 30 / 4) of ``count`` THUMOS'14 test videos spread evenly over the
+    sorted lengths of all 212, from the ActionFormer annotation json."""
+    database = json.loads(path.read_text())["database"]
+    lengths = sorted(
+        int(v["duration"] * v.get("fps", 30.0) / 4)
+        for v in database.values()
+        if v["subset"].lower() == "test"
+    )
+    if not lengths:
+        raise ValueError(f"{path}: no test-subset videos")
+    step = len(lengths) / count
+    return [lengths[int((i + 0.5) * step)] for i in range(min(count, len(lengths)))]
+
+
+def our_batch(items: list[dict], max_div_factor: int, training: bool) -> dict:
     from egolab.data.localization import LocalizationCollate
 
-    return LocalizationCollate(SEQ_LEN, max_div_factor, training=True)(items)
+    return LocalizationCollate(SEQ_LEN, max_div_factor, training=training)(items)
 
 
 # --------------------------------------------------------------------------------------- steps
@@ -125,7 +146,7 @@ def our_train_step(model, criterion, optimizer, batch) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def release_train_step(model, optimizer, items) -> float:
@@ -133,7 +154,7 @@ def release_train_step(model, optimizer, items) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
@@ -158,7 +179,11 @@ def peak_memory_child(side: str, mode: str, reference: str | None, threads: int)
     cmd = [sys.executable, __file__, "--child", side, mode, "--threads", str(threads)]
     if reference:
         cmd += ["--reference", reference]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    # A fixed mmap threshold turns off glibc's adaptive one, so freed tensors leave the resident set at once
+    # and the peak is that of live memory (otherwise it varies by 2x from run to run).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    out = out.strip().splitlines()[-1]
     return json.loads(out)["peak_mb"]
 
 
@@ -183,7 +208,7 @@ def child(side: str, mode: str, reference: Path | None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = items if mode == "train" else items[:1]
     if side == "ours":
-        batch = our_batch(inputs, model.max_div_factor)
+        batch = our_batch(inputs, model.max_div_factor, training=mode == "train")
         if mode == "train":
             step = lambda: our_train_step(model, criterion, optimizer, batch)  # noqa: E731
         else:
@@ -199,12 +224,35 @@ def child(side: str, mode: str, reference: Path | None) -> None:
     print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
 
 
+def time_thumos_lengths(args: argparse.Namespace, ours, postprocess, release) -> None:
+    """Total inference time over videos of real THUMOS test lengths, each side in turn per video."""
+    lengths = thumos_test_lengths(args.thumos_json, args.videos)
+    generator = torch.Generator().manual_seed(1)
+    totals = {"ours": 0.0, "release": 0.0}
+    ours.eval()
+    if release is not None:
+        release.eval()
+    for length in lengths:
+        item = video(length, generator)
+        batch = our_batch([item], ours.max_div_factor, training=False)
+        totals["ours"] += timed(functools.partial(our_inference, ours, postprocess, batch))
+        if release is not None:
+            totals["release"] += timed(functools.partial(release_inference, release, [item]))
+    line = f"  inference over {len(lengths)} THUMOS test lengths ({min(lengths)}-{max(lengths)} steps): "
+    line += f"ours {totals['ours']:7.2f} s"
+    if release is not None:
+        line += f"   release {totals['release']:7.2f} s   speed-up {totals['release'] / totals['ours']:.2f}x"
+    print(line)
+
+
 # --------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, help="checkout of happyharrycn/actionformer_release")
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions of each (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--thumos-json", type=Path, help="THUMOS'14 annotation json: time real test lengths")
+    parser.add_argument("--videos", type=int, default=24, help="test videos timed with --thumos-json")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -223,7 +271,7 @@ def main() -> None:
         sides["release"] = release
         with torch.no_grad():  # same function first: the eval outputs of one video
             ours.eval(), release.eval()
-            batch = our_batch(items[:1], ours.max_div_factor)
+            batch = our_batch(items[:1], ours.max_div_factor, training=False)
             mine = postprocess(ours(batch["feats"], batch["masks"]), batch)[0]
             theirs = release(items[:1])[0]
             assert torch.allclose(
@@ -231,8 +279,8 @@ def main() -> None:
             )
             counts = f"{len(mine['scores'])} / {len(theirs['scores'])}"
             print(f"same detections: top-50 scores agree to 1e-5 ({counts} detections)")
-    train_batch = our_batch(items, ours.max_div_factor)
-    eval_batch = our_batch(items[:1], ours.max_div_factor)
+    train_batch = our_batch(items, ours.max_div_factor, training=True)
+    eval_batch = our_batch(items[:1], ours.max_div_factor, training=False)
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in sides.items()}
     steps = {
         "ours": {
@@ -265,6 +313,8 @@ def main() -> None:
             ref_s = statistics.median(times[("release", mode)])
             line += f"   release {ref_s:7.3f} s   speed-up {ref_s / ours_s:.2f}x"
         print(line)
+    if args.thumos_json:
+        time_thumos_lengths(args, ours, postprocess, sides.get("release"))
     if not args.no_memory:
         reference = str(args.reference) if args.reference else None
         for mode in ("train", "inference"):

@@ -16,6 +16,7 @@ from egolab.models.actionformer import (
     local_window_attention,
     param_groups,
     sinusoid_encoding,
+    trimmed_lengths,
     windowed_sdpa_attention,
 )
 
@@ -227,6 +228,75 @@ def test_valid_outputs_do_not_depend_on_padding_length():
             a = short[key][level][0, valid]
             b = long[key][level][0, : valid.shape[0]][valid]
             assert torch.allclose(a, b, atol=1e-5), (key, level)
+
+
+TRIM_CASES = {
+    "v1": {},
+    "fpn_abs_pe": {"fpn_type": "fpn", "use_abs_pe": True},
+    "v2": {
+        "backbone_type": "convTransformerv2",
+        "use_rope": True,
+        "use_sdpa": True,
+        "use_swiglu": True,
+        "head_type": "v2",
+        "fpn_type": "cs_fpn",
+    },
+}
+
+
+def _perturbed_float64_model(override: dict) -> ActionFormer:
+    """A small model in float64 whose every parameter (norm biases included) is far from its init."""
+    torch.manual_seed(0)
+    model = ActionFormer(
+        **{**SMALL, "max_seq_len": 160, "backbone_arch": (2, 2, 3), "droppath": 0.0, **override},
+        regression_range=[[0, 4], [4, 8], [8, 16], [16, 10000]],
+    ).double()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    return model
+
+
+def _forward_backward(model: ActionFormer, feats: torch.Tensor, masks: torch.Tensor):
+    feats = feats.clone().requires_grad_(True)
+    model.zero_grad()
+    out = model(feats, masks)
+    loss = sum((x * m[..., None]).sum() for x, m in zip(out["cls_logits"], out["masks"]))
+    loss = loss + sum((x * m[..., None]).square().sum() for x, m in zip(out["offsets"], out["masks"]))
+    loss.backward()
+    return out, feats.grad, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("case", list(TRIM_CASES))
+@pytest.mark.parametrize(("training", "lengths"), [(True, [160, 40, 64]), (False, [70, 40, 64])])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+def test_trimmed_padding_gives_the_untrimmed_outputs_and_gradients(case, training, lengths, mode):
+    """Cutting the padding (lengths multiples of the coarsest stride 8 included) changes no valid output,
+    no input gradient and no parameter gradient, in float64; at inference (320 steps > max_seq_len) the
+    stretched absolute PE of the padded length is kept."""
+    model = _perturbed_float64_model(TRIM_CASES[case]).train(training)
+    total = 160 if training else 320
+    masks = _lengths_to_mask(lengths, total)
+    feats = torch.randn(3, 16, total, dtype=torch.float64) * masks[:, None]
+    model.trim_padding = "none"
+    ref_out, ref_grad, ref_param_grads = _forward_backward(model, feats, masks)
+    model.trim_padding = mode
+    out, grad, param_grads = _forward_backward(model, feats, masks)
+    for level, ref_mask in enumerate(ref_out["masks"]):
+        assert torch.equal(out["masks"][level], ref_mask)
+        for key in ("cls_logits", "offsets"):
+            assert out[key][level].shape == ref_out[key][level].shape
+            torch.testing.assert_close(out[key][level][ref_mask], ref_out[key][level][ref_mask])
+    torch.testing.assert_close(grad, ref_grad)
+    for mine, ref in zip(param_grads, ref_param_grads):
+        torch.testing.assert_close(mine, ref)
+
+
+def test_trimmed_lengths_keep_a_padded_step_on_every_level():
+    masks = _lengths_to_mask([128, 96, 95, 1, 0], 128)
+    assert trimmed_lengths(masks, 32) == [128, 128, 128, 64, 32]
+    with pytest.raises(ValueError, match="trim_padding must be one of"):
+        ActionFormer(**SMALL, trim_padding="some")
 
 
 @pytest.mark.parametrize(

@@ -388,8 +388,9 @@ def test_v2_model_with_switches_off_equals_v1_model():
     v2.load_state_dict(v1.state_dict())
     feats, masks = torch.randn(2, 16, 128), _lengths_to_mask([128, 60], 128)
     out1, out2 = v1(feats, masks), v2(feats, masks)
-    for key in ("cls_logits", "offsets"):
-        assert all(torch.equal(a, b) for a, b in zip(out1[key], out2[key]))
+    for key in ("cls_logits", "offsets"):  # v1 runs its windows through SDPA, v2 (use_sdpa off) by unfold
+        for a, b in zip(out1[key], out2[key]):
+            torch.testing.assert_close(a, b)
 
 
 def test_v2_options_are_built_where_asked():

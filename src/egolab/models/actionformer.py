@@ -25,6 +25,7 @@ DEFAULT_REGRESSION_RANGE = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10
 FPN_TYPES = ("identity", "fpn", "cs_fpn")
 BACKBONE_TYPES = ("convTransformer", "convTransformerv2")
 HEAD_TYPES = ("v1", "v2")
+TRIM_MODES = ("auto", "sample", "batch", "none")
 EMPTY_CLASS_PRIOR = 1e-6
 PADDED_KEY_BIAS = -1e4
 MIN_QUERY_BLOCK = 32
@@ -444,7 +445,10 @@ class ConvTransformerBackbone(nn.Module):
             return F.interpolate(self.pos_embd, size=length, mode="linear", align_corners=False)
         return self.pos_embd[..., :length]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, pe_length: int | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``pe_length``: the padded length the absolute PE is built for when x is a trimmed prefix of it."""
         if self.proj is not None:
             streams = x.split(self.stream_dims, dim=1)
             x = torch.cat([proj(s, mask)[0] for proj, s in zip(self.proj, streams)], dim=1)
@@ -452,7 +456,8 @@ class ConvTransformerBackbone(nn.Module):
             x, mask = conv(x, mask)
             x = F.relu(norm(x))
         if self.use_abs_pe:
-            x = x + self._position_encoding(x.shape[-1]).to(x.dtype) * mask.to(x.dtype)
+            table = self._position_encoding(pe_length or x.shape[-1])[..., : x.shape[-1]]
+            x = x + table.to(x.dtype) * mask.to(x.dtype)
         for block in self.stem:
             x, mask = block(x, mask)
         feats, masks = [x], [mask]
@@ -634,6 +639,91 @@ class RegHead(nn.Module):
         ]
 
 
+# --------------------------------------------------------------------------------------- padding
+def check_feature_batch(
+    feats: torch.Tensor, masks: torch.Tensor, in_channels: int, max_div_factor: int
+) -> None:
+    """Raise ValueError unless feats is (B, in_channels, T), T a multiple of max_div_factor, masks (B, T)."""
+    if feats.dim() != 3 or masks.shape != (feats.shape[0], feats.shape[2]):
+        raise ValueError(
+            f"expected feats (B, C, T) and masks (B, T), got {tuple(feats.shape)}, {tuple(masks.shape)}"
+        )
+    if feats.shape[1] != in_channels:
+        raise ValueError(f"features have {feats.shape[1]} channels but the model expects {in_channels}")
+    if feats.shape[2] % max_div_factor != 0:
+        raise ValueError(
+            f"sequence length {feats.shape[2]} is not a multiple of max_div_factor={max_div_factor}; "
+            "pad the batch (see docs/localization_contract.md)"
+        )
+
+
+def trimmed_lengths(masks: torch.Tensor, unit: int) -> list[int]:
+    """Per video, the shortest prefix (a multiple of ``unit``) whose valid outputs equal the full input's.
+
+    Padded steps are not all zero inside the network (a LayerNorm maps a zeroed step to its bias), and
+    'same' convolutions read one step past the last valid one, so the cut keeps at least one padded step
+    on every pyramid level: the last valid step plus ``unit`` (the coarsest stride), rounded up.
+    """
+    full = masks.shape[-1]
+    extent = torch.where(masks.any(-1), full - masks.flip(-1).int().argmax(-1), 0)
+    return [min(full, -(-(int(e) + unit) // unit) * unit) for e in extent.tolist()]
+
+
+def trimmed_forward(
+    levels: Callable[[torch.Tensor, torch.Tensor, int], dict[str, list[torch.Tensor]]],
+    feats: torch.Tensor,
+    masks: torch.Tensor,
+    unit: int,
+    mode: str,
+) -> dict[str, list[torch.Tensor]]:
+    """``levels(feats, masks, padded_length)`` on the batch cut short of the padding that cannot change it.
+
+    ``levels`` maps (B, C, T') inputs to per-level (B, *, T'_l) outputs; they are zero-padded back to the
+    full length (masks with False) so callers see the usual shapes. Modes: ``sample`` runs each group of
+    videos with the same cut separately (least work: a short video in a batch costs its own length),
+    ``batch`` cuts the whole batch to its longest video (one pass, the better trade on a GPU), ``none``
+    runs the padded batch, ``auto`` is ``sample`` on CPU and ``batch`` elsewhere. The outputs at valid
+    steps equal the untrimmed ones (tests/models/test_actionformer.py checks it), as do the gradients.
+    """
+    if mode not in TRIM_MODES:
+        raise ValueError(f"trim_padding must be one of {TRIM_MODES}, got {mode!r}")
+    full = feats.shape[-1]
+    if mode == "auto":
+        mode = "sample" if feats.device.type == "cpu" else "batch"
+    if mode == "none":
+        return levels(feats, masks, full)
+    cuts = trimmed_lengths(masks, unit)
+    if mode == "batch":
+        cuts = [max(cuts)] * len(cuts)
+    groups: dict[int, list[int]] = {}
+    for index, cut in enumerate(cuts):
+        groups.setdefault(cut, []).append(index)
+    if len(groups) == 1:
+        cut = cuts[0]
+        if cut == full:
+            return levels(feats, masks, full)
+        return _pad_levels(levels(feats[..., :cut], masks[..., :cut], full), cut, full)
+    parts, order = [], []
+    for cut, indices in groups.items():
+        rows = torch.tensor(indices, device=feats.device)
+        out = levels(feats.index_select(0, rows)[..., :cut], masks.index_select(0, rows)[..., :cut], full)
+        parts.append(_pad_levels(out, cut, full))
+        order += indices
+    restore = torch.tensor(order, device=feats.device).argsort()
+    return {
+        key: [torch.cat([part[key][level] for part in parts]).index_select(0, restore) for level in range(n)]
+        for key, n in ((key, len(value)) for key, value in parts[0].items())
+    }
+
+
+def _pad_levels(outputs: dict[str, list[torch.Tensor]], cut: int, full: int) -> dict[str, list[torch.Tensor]]:
+    """Zero-pad (False for masks) per-level outputs computed on ``cut`` input steps to ``full`` steps."""
+    return {
+        key: [F.pad(x, (0, x.shape[-1] * (full - cut) // cut)) for x in value]
+        for key, value in outputs.items()
+    }
+
+
 # --------------------------------------------------------------------------------------- model
 def _level_divisor(stride: int, window: int) -> int:
     """What max_seq_len must divide by at a level: stride * (w // 2) * 2, or the stride (global attn)."""
@@ -692,8 +782,12 @@ class ActionFormer(nn.Module):
         use_rms_norm: bool = False,
         use_swiglu: bool = False,
         head_type: str = "v1",
+        trim_padding: str = "auto",
     ) -> None:
         super().__init__()
+        if trim_padding not in TRIM_MODES:
+            raise ValueError(f"trim_padding must be one of {TRIM_MODES}, got {trim_padding!r}")
+        self.trim_padding = trim_padding
         self.input_dim = int(input_dim) if isinstance(input_dim, int) else [int(d) for d in input_dim]
         self.num_classes = int(num_classes)
         self.max_seq_len = int(max_seq_len)
@@ -894,30 +988,24 @@ class ActionFormer(nn.Module):
 
     def forward(self, feats: torch.Tensor, masks: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """feats (B, C, T), masks (B, T) bool -> per-level cls_logits, offsets, masks and points."""
-        if feats.dim() != 3 or masks.shape != (feats.shape[0], feats.shape[2]):
-            raise ValueError(
-                f"expected feats (B, C, T) and masks (B, T), got {tuple(feats.shape)}, {tuple(masks.shape)}"
-            )
-        if feats.shape[1] != self.in_channels:
-            raise ValueError(
-                f"features have {feats.shape[1]} channels but the model expects {self.in_channels} "
-                f"(input_dim={self.input_dim})"
-            )
-        if feats.shape[2] % self.max_div_factor != 0:
-            raise ValueError(
-                f"sequence length {feats.shape[2]} is not a multiple of max_div_factor="
-                f"{self.max_div_factor}; pad the batch (see docs/localization_contract.md)"
-            )
-        level_feats, level_masks = self.backbone(feats, masks.bool()[:, None, :])
-        level_feats, level_masks = self.neck(level_feats, level_masks)
-        points = self.point_generator([x.shape[-1] for x in level_feats])
-        cls_logits = self.cls_head(level_feats, level_masks)
-        offsets = self.reg_head(level_feats, level_masks)
+        check_feature_batch(feats, masks, self.in_channels, self.max_div_factor)
+        out = trimmed_forward(self._levels, feats, masks.bool(), self.backbone_strides[-1], self.trim_padding)
         return {
-            "cls_logits": [x.transpose(1, 2) for x in cls_logits],
-            "offsets": [x.transpose(1, 2) for x in offsets],
-            "masks": [m[:, 0] for m in level_masks],
-            "points": points,
+            "cls_logits": [x.transpose(1, 2) for x in out["cls_logits"]],
+            "offsets": [x.transpose(1, 2) for x in out["offsets"]],
+            "masks": [m[:, 0] for m in out["masks"]],
+            "points": self.point_generator([m.shape[-1] for m in out["masks"]]),
+        }
+
+    def _levels(
+        self, feats: torch.Tensor, masks: torch.Tensor, padded_length: int
+    ) -> dict[str, list[torch.Tensor]]:
+        level_feats, level_masks = self.backbone(feats, masks[:, None, :], padded_length)
+        level_feats, level_masks = self.neck(level_feats, level_masks)
+        return {
+            "cls_logits": self.cls_head(level_feats, level_masks),
+            "offsets": self.reg_head(level_feats, level_masks),
+            "masks": level_masks,
         }
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from egolab.metrics.localization import DetectionMAP
-from egolab.models.actionformer import ActionFormer
+from egolab.models.actionformer import ActionFormer, check_feature_batch, trimmed_forward
 from egolab.models.actionformer_postprocess import ActionFormerPostProcessor
 
 
@@ -49,28 +49,24 @@ class ActionFormerPyramid(nn.Module):
         self.point_generator = base.point_generator
         self.in_channels = base.in_channels
         self.max_div_factor = base.max_div_factor
+        self.coarsest_stride = base.backbone_strides[-1]
+        self.trim_padding = base.trim_padding
 
     def forward(
         self, feats: torch.Tensor, masks: torch.Tensor
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """feats (B, C, T), masks (B, T) -> per-level features (B, D, T_l), masks (B, 1, T_l), points."""
-        if feats.dim() != 3 or masks.shape != (feats.shape[0], feats.shape[2]):
-            raise ValueError(
-                f"expected feats (B, C, T) and masks (B, T), got {tuple(feats.shape)}, {tuple(masks.shape)}"
-            )
-        if feats.shape[1] != self.in_channels:
-            raise ValueError(
-                f"features have {feats.shape[1]} channels but the model expects {self.in_channels}"
-            )
-        if feats.shape[2] % self.max_div_factor != 0:
-            raise ValueError(
-                f"sequence length {feats.shape[2]} is not a multiple of max_div_factor="
-                f"{self.max_div_factor}; pad the batch (see docs/localization_contract.md)"
-            )
-        level_feats, level_masks = self.backbone(feats, masks.bool()[:, None, :])
+        check_feature_batch(feats, masks, self.in_channels, self.max_div_factor)
+        out = trimmed_forward(self._levels, feats, masks.bool(), self.coarsest_stride, self.trim_padding)
+        points = self.point_generator([x.shape[-1] for x in out["feats"]])
+        return out["feats"], out["masks"], points
+
+    def _levels(
+        self, feats: torch.Tensor, masks: torch.Tensor, padded_length: int
+    ) -> dict[str, list[torch.Tensor]]:
+        level_feats, level_masks = self.backbone(feats, masks[:, None, :], padded_length)
         level_feats, level_masks = self.neck(level_feats, level_masks)
-        points = self.point_generator([x.shape[-1] for x in level_feats])
-        return level_feats, level_masks, points
+        return {"feats": level_feats, "masks": level_masks}
 
 
 # --------------------------------------------------------------------------------------- targets
