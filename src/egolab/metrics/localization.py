@@ -37,10 +37,12 @@ import math
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 ANET_TIOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -194,24 +196,41 @@ def threshold_keys(tiou_thresholds: Any) -> list[str]:
 # Evaluation
 
 
-def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
-    """VOC2011 all-point interpolated AP, summed only where recall changes (as the official code)."""
-    prec = np.concatenate(([0.0], precision, [0.0]))
-    rec = np.concatenate(([0.0], recall, [1.0]))
-    prec = np.maximum.accumulate(prec[::-1])[::-1]
-    steps = np.flatnonzero(rec[1:] != rec[:-1]) + 1
-    return float(np.sum((rec[steps] - rec[steps - 1]) * prec[steps]))
+def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """VOC2011 all-point interpolated AP of each row of (T, n) curves, summed only where recall changes
+    (as the official code: each row's terms are summed by one 1-D ``np.sum``, so the result is the same)."""
+    rows = precision.shape[0]
+    prec = np.concatenate((np.zeros((rows, 1)), precision, np.zeros((rows, 1))), axis=1)
+    rec = np.concatenate((np.zeros((rows, 1)), recall, np.ones((rows, 1))), axis=1)
+    prec = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+    terms = (rec[:, 1:] - rec[:, :-1]) * prec[:, 1:]
+    changed = rec[:, 1:] != rec[:, :-1]
+    return np.array([np.sum(term[mask]) for term, mask in zip(terms, changed, strict=True)])
 
 
 def _video_index(gt_videos: np.ndarray, pred_videos: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Common integer index of the video ids of both tables."""
-    parts = [v for v in (gt_videos, pred_videos) if v.size]
+    """Common integer index of the video ids of both tables.
+
+    Tables list a video's rows together, so the ids are hashed once per run of equal ids, not per row.
+    """
+    heads, run_lengths = zip(*(_runs(v) for v in (gt_videos, pred_videos)), strict=True)
+    parts = [h for h in heads if h.size]
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     uniq, inverse = np.unique(np.concatenate(parts), return_inverse=True)
     inverse = inverse.astype(np.int64)
-    n_gt = gt_videos.size
-    return inverse[:n_gt], inverse[n_gt:], len(uniq)
+    n_gt_runs = heads[0].size
+    gt_index = np.repeat(inverse[:n_gt_runs], run_lengths[0])
+    pred_index = np.repeat(inverse[n_gt_runs:], run_lengths[1])
+    return gt_index, pred_index, len(uniq)
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first value of each run of equal consecutive values, and the run lengths."""
+    if values.size == 0:
+        return values, np.zeros(0, np.int64)
+    start = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return values[start], np.diff(np.r_[start, values.size])
 
 
 def _group_ranks(rows: np.ndarray, groups: np.ndarray, scores: np.ndarray, size: int) -> np.ndarray:
@@ -222,7 +241,8 @@ def _group_ranks(rows: np.ndarray, groups: np.ndarray, scores: np.ndarray, size:
     """
     o = np.argsort(groups, kind="stable")
     rows, groups = rows[o], groups[o]
-    _, first, count = np.unique(groups, return_index=True, return_counts=True)
+    _, count = _runs(groups)  # groups is sorted: its runs are the groups
+    first = np.cumsum(count) - count
     ranks = np.zeros(size, np.int64)
     for n in np.unique(count):
         block = rows[first[count == n][:, None] + np.arange(n)]
@@ -279,7 +299,7 @@ def evaluate_detection(
     pairs: list[tuple[np.ndarray, ...]] = []
     best = np.full((len(ks), n_gt), -1.0)
     n_of = g_count[grp[rows_gt]]
-    for g in np.unique(n_of):
+    for g in np.flatnonzero(np.bincount(n_of)):  # the distinct group sizes (np.unique is slower here)
         rows = rows_gt[n_of == g]
         gt_ids = g_sorted[g_first[grp[rows]][:, None] + np.arange(g)]
         iou = _tiou(
@@ -303,8 +323,7 @@ def evaluate_detection(
         tp_cum = np.cumsum(tp[:, idx], axis=1, dtype=np.float64)
         precision = tp_cum / np.arange(1, idx.size + 1)
         recall = tp_cum / npos[c]
-        for t in range(n_thr):
-            ap[t, c] = _interpolated_ap(precision[t], recall[t])
+        ap[:, c] = _interpolated_ap(precision, recall)
 
     recall_kx = np.zeros((n_thr, len(ks), n_cls))
     for t in range(n_thr):
@@ -333,7 +352,9 @@ def _greedy_match(
     pp, pg, pi, pc = (np.concatenate(col) for col in zip(*pairs, strict=True))
     if pp.size == 0:
         return tp
-    rel = np.unique(pp)
+    involved = np.zeros(n_pred, bool)
+    involved[pp] = True
+    rel = np.flatnonzero(involved)  # np.unique(pp), in linear time
     rel = rel[np.lexsort((rank[rel], grp[rel]))]
     new_group = np.r_[True, grp[rel][1:] != grp[rel][:-1]]
     group_start = np.flatnonzero(new_group)
@@ -534,34 +555,37 @@ def _checked_records(results: Mapping[str, Any], path: str) -> tuple[np.ndarray,
     return np.array(segments, np.float64).reshape(-1, 2), np.array(scores, np.float64), labels
 
 
-def _well_formed_records(results: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """What :func:`_checked_records` returns, validated column-wise in bulk (several times faster); None
-    when some record may be malformed, to let :func:`_checked_records` find and name it."""
-    lists = list(results.values())
-    if any(type(items) is not list for items in lists):
-        return None
-    items = [item for records in lists for item in records]
+class _Prediction(msgspec.Struct, gc=False):
+    segment: tuple[float, float]
+    score: float
+    label: str
+
+
+class _Submission(msgspec.Struct, gc=False):
+    results: dict[str, list[_Prediction]]
+
+
+_SUBMISSION_DECODER = msgspec.json.Decoder(_Submission)
+
+
+def _decoded_records(path: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray, list[str]] | None:
+    """Videos, record counts per video, segments (N, 2), scores and labels of a submission in file order,
+    decoded and type-checked in C by msgspec (several times faster than json + per-record checks); None
+    when the file cannot be read so or some record is malformed, to let :func:`_checked_records` find
+    and name it."""
     try:
-        segments = [item["segment"] for item in items]
-        scores = [item["score"] for item in items]
-        labels = [item["label"] for item in items]
-    except (KeyError, TypeError):  # a key missing, or a record that is not an object
+        with open(path, "rb") as f:
+            results = _SUBMISSION_DECODER.decode(f.read()).results
+    except (OSError, msgspec.DecodeError):
         return None
-    if set(map(type, segments)) != {list} or set(map(len, segments)) != {2}:
-        return None
-    numbers = {int, float}  # exact types: json's bool is not a number here
-    if set(map(type, labels)) != {str} or not set(map(type, scores)) <= numbers:
-        return None
-    if not set(map(type, chain.from_iterable(segments))) <= numbers:
-        return None
-    try:
-        seg = np.fromiter(chain.from_iterable(segments), np.float64, 2 * len(segments)).reshape(-1, 2)
-        score = np.fromiter(scores, np.float64, len(scores))
-    except OverflowError:  # an integer beyond float range
-        return None
+    records = list(chain.from_iterable(results.values()))
+    segments = chain.from_iterable(map(attrgetter("segment"), records))
+    seg = np.fromiter(segments, np.float64, 2 * len(records)).reshape(-1, 2)
+    score = np.fromiter(map(attrgetter("score"), records), np.float64, len(records))
     if not (np.isfinite(seg).all() and np.isfinite(score).all() and (seg[:, 1] >= seg[:, 0]).all()):
         return None
-    return seg, score, labels
+    counts = [len(items) for items in results.values()]
+    return list(results), counts, seg, score, list(map(attrgetter("label"), records))
 
 
 def load_activitynet_predictions(
@@ -573,14 +597,16 @@ def load_activitynet_predictions(
     ``videos`` are kept (they can only be false positives, as officially) unless ``keep_other_videos``
     is false. Returns the table, the count of records on other videos and of dropped labels.
     """
-    results = _section(_read_json(path, "prediction"), "results", path, "prediction")
-    records = _well_formed_records(results)
-    segments, scores, labels = _checked_records(results, path) if records is None else records
-    counts = [len(items) for items in results.values()]
-    record_videos = np.repeat(np.array(list(results), dtype=str), counts)
-    inside = np.repeat(np.array([vid in videos for vid in results], bool), counts)
+    decoded = _decoded_records(path)
+    if decoded is None:
+        results = _section(_read_json(path, "prediction"), "results", path, "prediction")
+        segments, scores, labels = _checked_records(results, path)
+        decoded = list(results), [len(items) for items in results.values()], segments, scores, labels
+    video_keys, counts, segments, scores, labels = decoded
+    record_videos = np.repeat(np.array(video_keys, dtype=str), counts)
+    inside = np.repeat(np.array([vid in videos for vid in video_keys], bool), counts)
     index = {name: i for i, name in enumerate(class_names)}
-    label_ids = np.array([index.get(name, -1) for name in labels], np.int64)
+    label_ids = np.fromiter(map(index.get, labels, repeat(-1)), np.int64, len(labels))
     keep = inside | keep_other_videos
     known = label_ids >= 0
     rows = keep & known
