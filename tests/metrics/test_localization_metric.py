@@ -605,6 +605,8 @@ def test_detection_map_still_importable_from_localization():
         ({"segment": [0, True], "score": 0.5, "label": "jump"}, "'segment' must be two numbers"),
         ({"segment": [0, 3], "score": True, "label": "jump"}, "numeric 'score'"),
         ({"segment": [0, 3], "score": 0.5, "label": 1}, "string 'label'"),
+        ({"segment": [0, 3], "score": float("nan"), "label": "jump"}, "numeric 'score'"),  # NaN literal
+        ({"segment": [0, float("inf")], "score": 0.5, "label": "jump"}, "'segment' must be two numbers"),
         (["segment", "score", "label"], "must be an object"),
     ],
 )
