@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from experiment_files import tracked_experiments
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -13,10 +14,10 @@ from egolab.launch.txtfile import expand_sweep, read_experiment
 from egolab.paths import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((ROOT / "expts").rglob("*.txt"))
+EXPERIMENTS = tracked_experiments(ROOT)
 # Phase-2 demos (task.support_run) need their support run's checkpoint: tests/test_runs_backpack.py runs
 # them after it; fast_dev_run writes no checkpoint to start from.
-DEMOS = sorted(p for p in (ROOT / "expts" / "demo").glob("*.txt") if "task.support_run=" not in p.read_text())
+DEMOS = [p for p in EXPERIMENTS if p.parent.name == "demo" and "task.support_run=" not in p.read_text()]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT / "expts")))
@@ -40,7 +41,7 @@ def test_demo_experiment_fast_dev_run(path, egolab_env, tmp_path):
     cmd = [sys.executable, "launch.py", "-c", str(path.relative_to(ROOT)), "-g", "trainer.fast_dev_run=true"]
     proc = subprocess.run(cmd, cwd=ROOT, env=egolab_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = tmp_path / "OUTPUTS" / "expts" / "demo" / path.name / "debug"
+    run_dir = tmp_path / "OUTPUTS" / "expts" / "demo" / path.name / "debug" / "0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics, "no test metrics written"
     assert (run_dir / "config.yaml").is_file()

@@ -154,5 +154,34 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.monitor.replace("val/", "test/"))
 
 
+def usage() -> str:
+    """The ``--help`` text: how to run, and every config group with its options.
+
+    Hydra's own ``--help`` composes the config first, which fails while task, model and data are unset.
+    """
+    from egolab.paths import CONF_DIR
+
+    lines = [
+        "usage: python -m egolab.train task=<task> model=<model> data=<data> [key=value ...]",
+        "       (normally started by launch.py: python launch.py -c expts/<file>.txt -l)",
+        "",
+        f"config groups (in {CONF_DIR}):",
+    ]
+    for group in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
+        name = group.relative_to(CONF_DIR).as_posix()
+        if name.startswith("hydra"):
+            continue
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"  {name}: {', '.join(options)}")
+    lines.append("")
+    lines.append("Print a composed config without running: add --cfg job")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(usage())
+    else:
+        main()

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from egolab.launch.cli import build_parser, experiment_name, main, plan
+from egolab.launch.cli import experiment_name, main, parse_args, plan
 from egolab.launch.txtfile import ExperimentFileError
 
 BASE = "task=localization\nmodel=actionformer/demo\ndata=localization/demo\n"
@@ -20,7 +20,7 @@ def expt(tmp_path, monkeypatch):
 
 
 def make_plan(*argv):
-    return plan(build_parser().parse_args(list(argv)))
+    return plan(parse_args(list(argv)))
 
 
 def test_local_sweep_runs_each_combination_in_its_own_dir(expt, tmp_path):
@@ -41,7 +41,30 @@ def test_debug_mode_single_process(expt, tmp_path):
     result = make_plan("-c", "expts/x.txt", "-g", "--run-id", "1", "--outputs", str(tmp_path / "OUT"))
     (cmd,) = result.commands
     assert "data.num_workers=0" in cmd and "trainer.devices=1" in cmd and "seed=1" in cmd
-    assert result.run_dirs == [tmp_path / "OUT" / "expts" / "x.txt" / "debug"]
+    assert result.run_dirs == [tmp_path / "OUT" / "expts" / "x.txt" / "debug" / "1"]
+    assert result.scratch_dirs == result.run_dirs
+
+
+def test_debug_runs_get_a_fresh_folder_per_combination(expt, tmp_path):
+    """With -g and two seeds, each seed has its own debug folder, emptied before it runs: seed 1 can
+    neither restore seed 0's checkpoint nor an older debug run's."""
+    result = make_plan("-c", "expts/x.txt", "-g", "--outputs", str(tmp_path / "OUT"))
+    debug = tmp_path / "OUT" / "expts" / "x.txt" / "debug"
+    assert result.run_dirs == result.scratch_dirs == [debug / "0", debug / "1"]
+    stale = debug / "1" / "checkpoints" / "last.ckpt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an earlier debug run")
+    assert (
+        main(["-c", "expts/x.txt", "-g", "--run-id", "1", "--outputs", str(tmp_path / "OUT"), "--dry-run"])
+        == 0
+    )
+    assert stale.exists(), "a dry run deletes nothing"
+    assert (
+        make_plan(
+            "-c", "expts/x.txt", "-g", "-t", "--run-id", "1", "--outputs", str(tmp_path / "OUT")
+        ).scratch_dirs
+        == []
+    )
 
 
 def test_cluster_mode_is_one_hydra_multirun(expt, tmp_path):
@@ -53,6 +76,18 @@ def test_cluster_mode_is_one_hydra_multirun(expt, tmp_path):
     assert "hydra.launcher.gpus_per_node=4" in cmd
     assert f"hydra.sweep.dir={tmp_path / 'OUT' / 'expts' / 'x.txt'}" in cmd
     assert "hydra.sweep.subdir=${hydra.job.num}" in cmd
+
+
+def test_seeds_flag_followed_by_a_selector(expt, tmp_path):
+    """The README's `--seeds 0 1 2 seed=1`: the integers are the seeds, `seed=1` selects one run."""
+    expt.write_text(BASE)
+    args = parse_args(["-c", "expts/x.txt", "--seeds", "0", "1", "2", "seed=1", "trainer.max_epochs=2"])
+    assert args.seeds == [0, 1, 2] and args.overrides == ["seed=1", "trainer.max_epochs=2"]
+    result = plan(args)
+    (cmd,) = result.commands
+    assert "seed=1" in cmd and "trainer.max_epochs=2" in cmd and "run_index=1" in cmd
+    with pytest.raises(SystemExit):
+        parse_args(["-c", "expts/x.txt", "--seeds", "seed=1"])
 
 
 def test_seeds_flag_makes_a_sweep(expt, tmp_path):

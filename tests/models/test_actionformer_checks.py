@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from experiment_files import tracked_experiments
 from hydra import compose, initialize_config_dir
 
 from egolab.launch.txtfile import expand_sweep, read_experiment
@@ -15,7 +16,7 @@ from egolab.train import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCALIZATION = sorted(
-    p for p in (ROOT / "expts").rglob("*.txt") if "task=localization" in p.read_text().replace(" ", "")
+    p for p in tracked_experiments(ROOT) if "task=localization" in p.read_text().replace(" ", "")
 )
 BAD = [
     "model.max_seq_len=100",  # not divisible by the level strides x windows of the demo model

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from egolab.launch.runs import experiment_dir, last_checkpoint, run_dir
@@ -38,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--cfg", required=True, help="experiment TXT file (e.g. expts/demo/x.txt)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-l", "--local", action="store_true", help="run here on all visible GPUs, or the CPU")
-    mode.add_argument("-g", "--debug", action="store_true", help="one process, num_workers=0, one device")
+    mode.add_argument(
+        "-g",
+        "--debug",
+        action="store_true",
+        help="one process, num_workers=0, one device, in a fresh OUTPUTS/<txt>/debug/<i>/ (never resumes)",
+    )
     mode.add_argument("-p", "--partition", help="submit to this SLURM partition (submitit)")
     mode.add_argument("--cluster", action="store_true", help="submit to SLURM with the default partition")
     mode.add_argument(
@@ -52,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-t", "--test", action="store_true", help="test the run's last checkpoint")
     parser.add_argument("--run-id", type=int, help="run only this combination of a sweep")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run once per seed (a seed sweep)")
+    parser.add_argument("--seeds", nargs="+", metavar="SEED", help="run once per seed (a seed sweep)")
     parser.add_argument("--nodes", type=int, help="SLURM nodes (hydra.launcher.nodes)")
     parser.add_argument("--gpus", type=int, help="GPUs per node (hydra.launcher.gpus_per_node)")
     parser.add_argument("--timeout-min", type=int, help="SLURM time limit in minutes")
@@ -63,12 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``--seeds 0 1 2 seed=1 ...`` keeps the integers as seeds and the rest as
+    overrides (argparse alone would read ``seed=1`` as a fourth seed and reject it)."""
+    args = build_parser().parse_args(argv)
+    if args.seeds:
+        count = next((i for i, token in enumerate(args.seeds) if not _is_int(token)), len(args.seeds))
+        if count == 0:
+            build_parser().error(f"--seeds needs at least one integer, got {args.seeds[0]!r}")
+        args.overrides = args.seeds[count:] + args.overrides
+        args.seeds = [int(token) for token in args.seeds[:count]]
+    return args
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class Plan:
-    """The commands one invocation of launch.py runs, and the run dirs they write."""
+    """The commands one invocation of launch.py runs, the run dirs they write, and the scratch dirs
+    (debug runs) to empty before running so that they never resume."""
 
     commands: list[list[str]]
     run_dirs: list[Path]
+    scratch_dirs: list[Path] = field(default_factory=list)
 
 
 def experiment_name(txt: Path) -> str:
@@ -140,7 +169,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     commands, dirs = [], []
     for index in indices:
-        directory = run_dir(txt, "debug" if args.debug else index, args.outputs)
+        directory = run_dir(txt, f"debug/{index}" if args.debug else index, args.outputs)
         cmd = [*python, *combos[index], *common, f"run_index={index}", f"hydra.run.dir={directory}"]
         if args.debug:
             cmd += ["data.num_workers=0", "trainer.devices=1"]
@@ -148,7 +177,7 @@ def plan(args: argparse.Namespace) -> Plan:
             raise ExperimentFileError(f"{txt}: no checkpoint to test at {directory}/checkpoints/last.ckpt")
         commands.append(cmd)
         dirs.append(directory)
-    return Plan(commands, dirs)
+    return Plan(commands, dirs, scratch_dirs=dirs if args.debug and not args.test else [])
 
 
 def experiment_lines(
@@ -319,7 +348,7 @@ def summarize_seeds(exp_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.wandb_sweep:
         try:
             return wandb_sweep(args)
@@ -332,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: error: {err}", file=sys.stderr)
         return 2
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    if not args.dry_run:
+        for directory in launch_plan.scratch_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
     for cmd in launch_plan.commands:
         print("launch:", " ".join(cmd), file=sys.stderr)
         if args.dry_run:
