@@ -17,6 +17,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("egolab")
+# SLURM tasks per node: one process per GPU, one on a CPU-only node (--gpus 0).
+OmegaConf.register_new_resolver("egolab.tasks_per_node", lambda gpus: max(1, int(gpus)), replace=True)
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -56,27 +58,62 @@ def config_problems(cfg: DictConfig) -> list[str]:
     return list(get_method(path)(cfg))
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise one error listing every problem :func:`config_problems` finds."""
-    problems = config_problems(cfg)
+def override_lines(cfg: DictConfig, overrides: list[str]) -> list:
+    """The overrides a run was composed with, as lines of its experiment file where they come from it."""
+    from egolab.launch.txtfile import OverrideLine, read_experiment
+
+    path = cfg.get("experiment_file")
+    lines = read_experiment(path) if path and Path(path).is_file() else []
+    from_file = {line.text for line in lines}
+    return lines + [OverrideLine(text, "command line", 0) for text in overrides if text not in from_file]
+
+
+def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Raise one error listing every value of a wrong type (with the experiment-file line that set it)
+    and every problem :func:`config_problems` finds."""
+    from egolab.launch.config_types import type_errors
+
+    problems = type_errors(cfg, override_lines(cfg, overrides or [])) or config_problems(cfg)
     if problems:
         raise ValueError("bad configuration:\n  - " + "\n  - ".join(problems))
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Fit (unless test_only) then test; return the test metrics."""
+def check_data(datamodule: object) -> None:
+    """Before fitting, check every split's files (``data.validate``: headers | full | none) and raise one
+    error listing every problem, instead of failing on the first bad file hours into the run.
+
+    The first process does it, after ``prepare_data`` (a demo generates its files there first).
+    """
+    from egolab.loggers import is_global_zero_process
+
+    if getattr(datamodule, "validate", "none") == "none" or not is_global_zero_process():
+        return
+    datamodule.prepare_data()
+    problems = datamodule.check_files()
+    if problems:
+        listed = "\n  - ".join(problems)
+        raise ValueError(
+            f"data check (data.validate={datamodule.validate}) found {len(problems)} problem(s):\n"
+            f"  - {listed}\nFix or remove these files, or set data.validate=none to skip the check."
+        )
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
+    """Fit (unless test_only) then test; return the test metrics. ``overrides``: what the config was
+    composed with, to name the line of a bad value."""
     import lightning as L
     from hydra.utils import instantiate
 
     from egolab.launch.runs import last_checkpoint
     from egolab.recipe import apply_recipe
 
-    check_config(cfg)
+    check_config(cfg, overrides)
     L.seed_everything(cfg.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     datamodule = instantiate(cfg.data)
+    check_data(datamodule)
     task = instantiate(cfg.task)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
@@ -142,7 +179,7 @@ def run_from_overrides(overrides: list[str], run_dir: str | Path) -> dict[str, f
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
-    return run(cfg, run_dir)
+    return run(cfg, run_dir, overrides)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
@@ -150,7 +187,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg, run_dir)
+    metrics = run(cfg, run_dir, list(HydraConfig.get().overrides.task))
     return metrics.get(cfg.monitor.replace("val/", "test/"))
 
 

@@ -144,3 +144,27 @@ def test_a_value_of_a_swept_key_selects_that_run(expt, tmp_path):
         make_plan("-c", "expts/x.txt", "--seeds", "0", "1", *out, "seed=7")
     with pytest.raises(ExperimentFileError, match="select one combination"):
         make_plan("-c", "expts/x.txt", "-p", "gpu", "--seeds", "0", "1", *out, "seed=1")
+
+
+def test_cluster_time_limit_must_exceed_the_preemption_signal_delay(expt, tmp_path):
+    """With the default signal_delay_s=120, a 2-minute limit would signal every attempt as it starts."""
+    with pytest.raises(ExperimentFileError, match=r"time limit \(2 min\).*signal_delay_s=120"):
+        make_plan("-c", "expts/x.txt", "--cluster", "--timeout-min", "2", "--outputs", str(tmp_path / "O"))
+    make_plan("-c", "expts/x.txt", "--cluster", "--timeout-min", "3", "--outputs", str(tmp_path / "O"))
+    short_delay = ["--cluster", "--timeout-min", "1", "hydra.launcher.signal_delay_s=30"]
+    make_plan("-c", "expts/x.txt", *short_delay, "--outputs", str(tmp_path / "O"))
+
+
+def test_cpu_only_cluster_nodes_get_one_task(expt, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from egolab.paths import CONF_DIR
+
+    (cmd,) = make_plan(
+        "-c", "expts/x.txt", "--cluster", "--gpus", "0", "--cpus", "2", "--mem-gb", "8"
+    ).commands
+    overrides = [a for a in cmd[4:] if not a.startswith(("hydra.sweep", "run_index", "seed="))]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
+    assert (launcher.gpus_per_node, launcher.tasks_per_node) == (0, 1)
+    assert (launcher.cpus_per_task, launcher.mem_gb) == (2, 8)

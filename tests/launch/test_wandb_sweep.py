@@ -110,8 +110,12 @@ def test_offline_sweep_runs_the_grid_through_the_sweeps_engine(tmp_path):
 
 
 def test_with_a_key_the_sweep_is_registered_not_run(expt, tmp_path, monkeypatch, capsys):
+    """W&B online (a key, the server answering: egolab.loggers.wandb_mode says so) registers the sweep."""
+    import egolab.loggers
+
     registered = []
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(egolab.loggers, "wandb_mode", lambda *a, **k: "online")
     monkeypatch.setattr(ws, "register", lambda config: registered.append(config) or "abc123")
     monkeypatch.setattr(ws, "run_offline", lambda *a: pytest.fail("must not run offline with a key"))
     assert (

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import math
 import os
@@ -52,6 +53,9 @@ EPIC_TEST_COLUMNS = EPIC_COLUMNS[:8]
 ACTIONS_HEADER = ["id", "verb", "noun", "action"]
 
 PathLike = str | os.PathLike
+
+VALIDATE_MODES = ("headers", "full", "none")
+"""``validate`` values: check file headers and keys (cheap), read everything, or check nothing."""
 
 
 def lmdb_key(video_id: str, frame: int) -> str:
@@ -295,15 +299,29 @@ _LMDB_ENVS: dict[tuple[int, str], Any] = {}
 
 
 def _open_lmdb(path: Path) -> Any:
-    """A read-only LMDB environment, one per process and store (py-lmdb refuses to open one twice)."""
+    """A read-only LMDB environment, one per process and store (py-lmdb refuses to open one twice).
+
+    A ``data.mdb`` shorter than its pages (a truncated copy) raises: reading it would crash with SIGBUS.
+    """
     key = (os.getpid(), str(path.resolve()))
     if key not in _LMDB_ENVS:
         import lmdb
 
-        if not (path / "data.mdb").is_file():
-            raise FileNotFoundError(f"LMDB store not found: {path} (expected {path / 'data.mdb'})")
-        _LMDB_ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+        data = path / "data.mdb"
+        if not data.is_file():
+            raise FileNotFoundError(f"LMDB store not found: {path} (expected {data})")
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+        needed, size = (env.info()["last_pgno"] + 1) * env.stat()["psize"], data.stat().st_size
+        if size < needed:
+            env.close()
+            raise ValueError(f"{data}: {size} bytes where its pages need {needed} (truncated)")
+        _LMDB_ENVS[key] = env
     return _LMDB_ENVS[key]
+
+
+def _message(err: Exception) -> str:
+    """An exception's message (a KeyError's without the quotes that str() adds)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 class LMDBFeatureReader:
@@ -357,6 +375,30 @@ class LMDBFeatureReader:
         tried = f" nor at the {earlier} frames before it" if earlier > 0 else ""
         raise KeyError(f"{path}: no key {lmdb_key(segment.video_id, frame)}{tried} (segment {segment.uid})")
 
+    def check_headers(self, requests: Sequence[tuple[Segment, np.ndarray]]) -> list[str]:
+        """Problems with the keys that ``requests`` (segment, frames) read, without reading the values.
+
+        One per store that cannot be opened (missing, not LMDB, truncated) and one per segment and store
+        with a key missing (after the backward lookup) or not holding ``dim`` float32 values.
+        """
+        import lmdb
+
+        problems = []
+        for path, dim in zip(self.paths, self.dims):
+            try:
+                env = _open_lmdb(path)
+            except (OSError, ValueError, lmdb.Error) as err:
+                problems.append(str(err))
+                continue
+            with env.begin(buffers=True) as txn:  # values stay in the memory map: only their sizes are read
+                for segment, frames in requests:
+                    try:
+                        for frame in np.unique(frames):
+                            self._get(txn, path, dim, segment, int(frame))
+                    except (KeyError, ValueError, lmdb.Error) as err:
+                        problems.append(_message(err))
+        return problems
+
     def __call__(self, segment: Segment, frames: np.ndarray, training: bool = False) -> torch.Tensor:
         """Features (T, sum(dims)) float32 of the given 1-based frames of the segment's video."""
         parts = []
@@ -403,6 +445,32 @@ class VideoFrameReader:
             participant_id=segment.participant_id, video_id=segment.video_id
         )
 
+    def check_headers(self, requests: Sequence[tuple[Segment, np.ndarray]]) -> list[str]:
+        """Problems with the videos that ``requests`` (segment, frames) read, without decoding frames.
+
+        One per video that is missing, whose header decord cannot read, or that has no frames or no fps.
+        """
+        import decord
+
+        uids: dict[Path, list[str]] = {}
+        for segment, _ in requests:
+            uids.setdefault(self.video_path(segment), []).append(segment.uid)
+        problems = []
+        for path, used in uids.items():
+            where = f"{path} ({len(used)} segments, e.g. {used[0]})"
+            if not path.is_file():
+                problems.append(f"video not found: {where}")
+                continue
+            try:
+                video = decord.VideoReader(str(path), num_threads=1)
+                count, fps = len(video), float(video.get_avg_fps())
+            except (RuntimeError, decord.DECORDError) as err:
+                problems.append(f"{where}: cannot read the video header ({' '.join(str(err).split())})")
+                continue
+            if count < 1 or not fps > 0:
+                problems.append(f"{where}: {count} frames at {fps} fps")
+        return problems
+
     def _decode(self, path: Path, segment: Segment, frames: np.ndarray) -> torch.Tensor:
         import decord
 
@@ -413,7 +481,7 @@ class VideoFrameReader:
             fps = float(video.get_avg_fps())
             index = np.clip(np.floor(frames / self.feat_fps * fps + 1e-6).astype(np.int64), 0, len(video) - 1)
             array = video.get_batch(index.tolist()).asnumpy()
-        except decord.DECORDError as err:
+        except (RuntimeError, decord.DECORDError) as err:  # decord raises both on unreadable files
             raise ValueError(f"{path}: cannot decode frames (segment {segment.uid}): {err}") from err
         return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -587,6 +655,30 @@ class AnticipationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.segments)
 
+    def check_inputs(self, full: bool = False) -> list[str]:
+        """Problems with the inputs of the segments, each naming the file and the segment (or the video).
+
+        ``full=False`` asks the reader's ``check_headers`` (LMDB keys and value sizes, video headers;
+        nothing for a reader without one) about the frames each segment reads (without training jitter);
+        ``full=True`` reads every segment as evaluation does, checking its step count and finite values.
+        """
+        requests = [(segment, self.frames_of(segment)) for segment in self.segments]
+        if not full:
+            check = getattr(self.reader, "check_headers", None)
+            return [] if check is None else check(requests)
+        problems = []
+        for segment, frames in requests:
+            try:
+                inputs = self.reader(segment, frames, False)
+                if inputs.shape[0] != self.num_frames:
+                    raise ValueError(f"reader returned {inputs.shape[0]} steps, expected {self.num_frames}")
+                if not torch.isfinite(inputs).all():
+                    raise ValueError("non-finite values (NaN or inf) in the inputs")
+            except Exception as err:  # any failure makes the segment unusable; report it and go on
+                text, uid = _message(err), f"segment {segment.uid}"
+                problems.append(text if uid in text else f"{text} ({uid})")
+        return problems
+
     def __getitem__(self, index: int) -> dict:
         segment = self.segments[index]
         jitter = float(torch.rand(())) * self.jitter if self.training and self.jitter > 0 else 0.0
@@ -614,6 +706,7 @@ class AnticipationDataModule(L.LightningDataModule):
 
     It is called with ``annotations=<split files>`` and ``training``; equal val and test files share one
     dataset. ``demo`` (optional callable) generates the demo data in :meth:`prepare_data`.
+    :meth:`check_files` checks every split's files before fitting, as ``validate`` says.
     """
 
     def __init__(
@@ -628,8 +721,12 @@ class AnticipationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        validate: str = "headers",
     ) -> None:
         super().__init__()
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
+        self.validate = validate
         self.dataset = dataset
         self.files = {"train": train_annotations, "val": val_annotations, "test": test_annotations}
         self.demo = demo
@@ -648,15 +745,51 @@ class AnticipationDataModule(L.LightningDataModule):
         if self.demo is not None:
             self.demo()
 
-    def _build(self, stage: str) -> AnticipationDataset | None:
+    def _key(self, stage: str) -> tuple[tuple[str, ...], bool] | None:
+        """(annotation files, training) of a stage; None when it has no files."""
         files = self.files[stage]
         if files is None:
             return None
         files = [str(files)] if isinstance(files, str | os.PathLike) else [str(f) for f in files]
-        key = (tuple(files), stage == "train")
-        if key not in self._built:
-            self._built[key] = self.dataset(annotations=files, training=stage == "train")
-        return self._built[key]
+        return tuple(files), stage == "train"
+
+    def _build(self, stage: str) -> AnticipationDataset | None:
+        key = self._key(stage)
+        if key is not None and key not in self._built:
+            self._built[key] = self.dataset(annotations=list(key[0]), training=key[1])
+        return None if key is None else self._built[key]
+
+    def check_files(self) -> list[str]:
+        """Problems with the files of every configured split (train/val/test), one per bad file or record.
+
+        Works before :meth:`setup`: each split's dataset is built anew (without its first-segment read
+        when the factory takes ``check_first``) and checked by :meth:`AnticipationDataset.check_inputs`,
+        headers and keys only unless ``validate="full"``. A dataset that cannot be built is one problem.
+        Splits sharing their files are checked once. With ``demo`` set, a split whose files are missing at
+        build time is skipped: :meth:`prepare_data` generates them, so call this after it to check the
+        generated data. ``validate="none"`` returns [].
+        """
+        if self.validate == "none":
+            return []
+        stages: dict[tuple, list[str]] = {}
+        for stage in self.files:
+            key = self._key(stage)
+            if key is not None:
+                stages.setdefault(key, []).append(stage)
+        lazy = {"check_first": False} if "check_first" in inspect.signature(self.dataset).parameters else {}
+        problems = []
+        for (files, training), group in stages.items():
+            label = "/".join(group) + " split"
+            try:
+                dataset = self.dataset(annotations=list(files), training=training, **lazy)
+            except Exception as err:  # a split that cannot be built is one problem; the others still count
+                if self.demo is not None and isinstance(err, FileNotFoundError):
+                    log.info("%s: demo data not generated yet, nothing to check (%s)", label, err)
+                    continue
+                problems.append(f"{label}: cannot build the dataset ({type(err).__name__}: {err})")
+                continue
+            problems += [f"{label}: {problem}" for problem in dataset.check_inputs(self.validate == "full")]
+        return problems
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

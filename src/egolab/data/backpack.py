@@ -7,6 +7,8 @@
 * Features: one ``<video_uid>.pt`` (or ``.npy``) (T, C) array per video, feature ``i`` covering frames
   ``[16 i, 16 i + 32)`` (Omnivore Swin-L video: C = 1536). :class:`FeatureStore` converts them once to
   float32 ``.npy`` files opened as memory maps, plus a per-split metadata csv, as the release does.
+  :meth:`BackpackDataModule.check_files` finds unreadable ones before fitting (shapes by memory-mapping,
+  or every value with ``validate="full"``).
 * Samples: one ``torch_geometric.data.Data`` graph per sample, shaped as ``docs/backpack_contract.md``
   says (``x`` (nodes, S, C), ``y``, ``pos``, ``edge_index``, ``uid``). Random choices in training use
   NumPy's global RNG (seeded by ``L.seed_everything``, by the DataLoader in each worker, and carried by
@@ -22,6 +24,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +56,8 @@ FEATURE_STRIDE = 16
 
 METADATA_COLUMNS = ["video_uid", "length", "features_size"]
 CHOICES = ("error", "skip")
+VALIDATE_LEVELS = ("headers", "full", "none")
+"""``validate`` values: what :meth:`BackpackDataModule.check_files` reads before fitting."""
 
 PathLike = str | os.PathLike
 
@@ -346,6 +351,31 @@ class FeatureStore:
     def cache_path(self, video_uid: str) -> Path:
         return self.cache_dir / f"{video_uid}.npy"
 
+    def feature_file(self, video_uid: str) -> Path | None:
+        """The file a video's features come from: the cached ``.npy`` if made, else the raw file, or None."""
+        cached = self.cache_path(video_uid)
+        return cached if cached.is_file() else self.raw_path(video_uid)
+
+    def file_problem(self, video_uid: str, full: bool = False) -> str | None:
+        """Why a video's features (:meth:`feature_file`) cannot be used, or None.
+
+        Checks the shape (and a cache's dtype) from the file's header, by memory-mapping (a legacy non-zip
+        ``.pt`` is read whole); ``full`` also reads every value, which must be finite.
+        """
+        path = self.feature_file(video_uid)
+        if path is None:
+            return f"no feature file {self.features_dir / (video_uid + '.pt')} (or .npy)"
+        try:
+            if path == self.cache_path(video_uid):
+                self._cached_length(path)
+            else:
+                self._check(_raw_shape(path), path)
+            if full:
+                load_features(path)
+        except Exception as err:  # any reader failure means the file is unusable; name it
+            return str(err) if str(path) in str(err) else f"{path}: cannot read ({type(err).__name__}: {err})"
+        return None
+
     def _check(self, shape: tuple[int, ...], path: Path) -> None:
         if len(shape) != 2 or shape[0] < 1 or shape[1] != self.feature_dim:
             raise ValueError(
@@ -380,15 +410,18 @@ class FeatureStore:
             writer.writerows([uid, lengths[uid], self.feature_dim] for uid in sorted(lengths))
         os.replace(tmp, path)
 
+    def _cached_length(self, path: Path) -> int:
+        cached = np.load(path, mmap_mode="r")
+        self._check(cached.shape, path)
+        if cached.dtype != np.float32:
+            raise ValueError(f"{path}: cached features must be float32, got {cached.dtype}")
+        return int(cached.shape[0])
+
     def _convert(self, video_uid: str) -> int:
         """Write the cached float32 .npy of a video (unless present); its number of features."""
         target = self.cache_path(video_uid)
         if target.is_file():
-            cached = np.load(target, mmap_mode="r")
-            self._check(cached.shape, target)
-            if cached.dtype != np.float32:
-                raise ValueError(f"{target}: cached features must be float32, got {cached.dtype}")
-            return int(cached.shape[0])
+            return self._cached_length(target)
         source = self.raw_path(video_uid)
         assert source is not None
         array = load_features(source)
@@ -423,7 +456,7 @@ class FeatureStore:
         lengths = {uid: known[uid] for uid in wanted if uid not in pending}
         if not todo:
             return lengths
-        missing = [u for u in todo if not self.cache_path(u).is_file() and self.raw_path(u) is None]
+        missing = [u for u in todo if self.feature_file(u) is None]
         if missing and missing_features == "error":
             uid = missing[0]
             needed = (records_by_video or {}).get(uid, "an annotation record")
@@ -460,6 +493,18 @@ class FeatureStore:
         if len(self._open) > self.max_open:
             self._open.popitem(last=False)
         return array
+
+
+def _raw_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a raw feature file from its header (memory maps); a legacy non-zip ``.pt`` is read whole."""
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r").shape
+    if zipfile.is_zipfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = saved.get("feats") if isinstance(saved, dict) else saved  # the key load_features reads
+        if isinstance(saved, torch.Tensor):
+            return tuple(saved.shape)
+    return load_features(path).shape
 
 
 def prepare_features(
@@ -1075,7 +1120,8 @@ class BackpackDataModule(L.LightningDataModule):
     "lta": {"num_forecast": 20}}``); they override the module-wide ``num_segments``, ``release_bugs``,
     ``missing_features`` and ``bad_records``. ``max_samples``/``subset_seed`` restrict the training set
     only (few-shot runs); evaluation always covers every sample. ``demo`` (optional callable) generates
-    the demo data in :meth:`prepare_data`.
+    the demo data in :meth:`prepare_data`. ``validate`` is how much of every split's feature files
+    :meth:`check_files` reads before fitting.
     """
 
     def __init__(
@@ -1101,8 +1147,12 @@ class BackpackDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         demo: Callable[[], Any] | None = None,
+        validate: str = "headers",
     ) -> None:
         super().__init__()
+        if validate not in VALIDATE_LEVELS:
+            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
+        self.validate = validate
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -1177,14 +1227,22 @@ class BackpackDataModule(L.LightningDataModule):
         name = f"fho_lta_{split}.json" if task in ("ar", "lta") else f"fho_oscc-pnr_{split}.json"
         return self.annotations_dir / name
 
-    def _read(self, task: str, split: str) -> list:
+    def _read(self, task: str, split: str, keep: bool = True) -> list:
+        """Records of a task's annotation file, kept for later calls unless ``keep`` is false (nor is the
+        taxonomy then: :meth:`check_files` runs before the demo is made, which may replace them)."""
         path = self.annotation_file(task, split)
-        if path not in self._records:
-            if task in ("ar", "lta"):
-                self._records[path] = read_fho_actions(path, self.taxonomy)
-            else:
-                self._records[path] = read_oscc_clips(path)
-        return self._records[path]
+        if path in self._records:
+            return self._records[path]
+        if task in ("ar", "lta"):
+            records = read_fho_actions(path, self.taxonomy if keep else load_taxonomy(self.taxonomy_path))
+        else:
+            records = read_oscc_clips(path)
+        if keep:
+            self._records[path] = records
+        return records
+
+    def _missing_features(self, task: str) -> str:
+        return self.task_options.get(task, {}).get("missing_features", self.shared["missing_features"])
 
     def _uses(self) -> list[tuple[str, str]]:
         """(task, split) pairs whose files are in use (AR training always: the prototypes read it)."""
@@ -1201,10 +1259,53 @@ class BackpackDataModule(L.LightningDataModule):
             path = self.annotation_file(task, split)
             if path not in done:
                 done.add(path)
-                missing = self.task_options.get(task, {}).get(
-                    "missing_features", self.shared["missing_features"]
-                )
-                prepare_features(self.store, self._read(task, split), missing)
+                prepare_features(self.store, self._read(task, split), self._missing_features(task))
+
+    def check_files(self) -> list[str]:
+        """Every unusable annotation or feature file of the splits in use, one message each (a video's
+        features named with the first record that needs them).
+
+        ``validate="headers"`` reads the feature files' shapes by memory-mapping (the cached ``.npy`` when
+        :meth:`prepare_data` made it, else the raw ``.pt``/``.npy``), ``"full"`` also reads every value
+        (non-finite ones are problems), ``"none"`` checks nothing. Works before :meth:`prepare_data`: an
+        annotation file a configured demo has not made yet is left to the generator. Videos without
+        features under ``missing_features="skip"`` are logged, not returned.
+        """
+        if self.validate == "none":
+            return []
+        problems: list[str] = []
+        files: set[Path] = set()
+        videos: set[str] = set()
+        skipped: list[str] = []
+        for task, split in self._uses():
+            path = self.annotation_file(task, split)
+            if path in files or (self.demo is not None and not path.is_file()):
+                continue
+            files.add(path)
+            try:
+                records = self._read(task, split, keep=False)
+            except (OSError, ValueError) as err:
+                problems.append(f"{split} split: {err}")
+                continue
+            for record in records:
+                if record.video_uid in videos:
+                    continue
+                videos.add(record.video_uid)
+                problem = self.store.file_problem(record.video_uid, self.validate == "full")
+                if problem is None:
+                    continue
+                message = f"{split} split: video {record.video_uid} (needed by {record.source}): {problem}"
+                missing = self.store.feature_file(record.video_uid) is None
+                if missing and self._missing_features(task) == "skip":
+                    skipped.append(message)
+                else:
+                    problems.append(message)
+        if skipped:
+            log.warning(
+                "%d videos without features (missing_features='skip' leaves their samples out), e.g. %s",
+                len(skipped), skipped[:3],
+            )  # fmt: skip
+        return problems
 
     # ------------------------------------------------------------------------------------------ datasets
     def dataset(self, task: str, split: str, training: bool, subset: bool | None = None) -> _GraphDataset:

@@ -1,10 +1,32 @@
-"""The one DataLoader shape every datamodule uses: shuffled training batches without a ragged last one."""
+"""The one DataLoader shape every datamodule uses: shuffled training batches without a ragged last one,
+and workers that leave interrupt and preemption signals to the main process."""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
+
+MAIN_PROCESS_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+def worker_init(worker_id: int) -> None:
+    """Ignore Ctrl-C, SIGTERM and SLURM's preemption signal in a worker, then seed it as Lightning would.
+
+    Workers are forked with the main process's handlers (submitit's requeue handler among them) and
+    SLURM signals every process of a job: a worker must neither die of SIGTERM (its death fails the
+    attempt that SLURM is requeueing) nor run a handler meant for the main process, which saves the
+    checkpoint and owns the requeue. Seeding: a loader with its own ``worker_init_fn`` does not get
+    Lightning's, so it is called here when ``seed_everything(workers=True)`` asked for it.
+    """
+    for signum in MAIN_PROCESS_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 def make_loader(
@@ -38,5 +60,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=worker_init,
         **kwargs,
     )

@@ -27,10 +27,11 @@ import logging
 import math
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import numpy as np
@@ -135,7 +136,7 @@ def drop_outside_features(
 
 
 # ----------------------------------------------------------------------------------------------------
-# HDF5 features
+# Feature files: HDF5 and headers
 
 
 def is_hdf5(path: Path) -> bool:
@@ -154,12 +155,16 @@ def hdf5_keys(path: Path) -> set[str]:
         raise FeatureFileError(f"{path}: cannot open as HDF5 ({err})") from err
 
 
-def read_hdf5_features(path: Path, key: str | None, video_id: str, npz_key: str = "feats") -> np.ndarray:
-    """(T, C) float32 features of one video from an HDF5 file.
+def _is_real(dtype: Any) -> bool:
+    """Whether a numpy dtype holds real numbers (the feature readers' requirement)."""
+    return np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
 
-    ``key`` names the video's dataset in a file shared by all videos; ``None`` means a file of the video's
-    own, read from its ``npz_key`` dataset or, failing that, its only dataset. Errors name file and video.
-    """
+
+def _with_hdf5_dataset(
+    path: Path, key: str | None, video_id: str, npz_key: str, use: Callable[[Any], Any]
+) -> Any:
+    """``use`` applied to one video's (T, C) real-valued HDF5 dataset, found as :func:`read_hdf5_features`
+    says; errors name file and video."""
     import h5py
 
     where = f"{path}: video {video_id!r}"
@@ -175,17 +180,88 @@ def read_hdf5_features(path: Path, key: str | None, video_id: str, npz_key: str 
             node = handle.get(key)
             if not isinstance(node, h5py.Dataset):
                 raise FeatureFileError(f"{where}: no dataset {key!r} in the file")
-            array = node[()]
+            if len(node.shape) != 2:
+                raise FeatureFileError(f"{where}: dataset {key!r} has shape {node.shape}, expected (T, C)")
+            if not _is_real(node.dtype):
+                raise FeatureFileError(
+                    f"{where}: dataset {key!r} has dtype {node.dtype}, expected real numbers"
+                )
+            return use(node)
     except OSError as err:
         raise FeatureFileError(f"{where}: cannot read HDF5 ({err})") from err
-    if array.ndim != 2:
-        raise FeatureFileError(f"{where}: dataset {key!r} has shape {array.shape}, expected (T, C)")
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise FeatureFileError(f"{where}: dataset {key!r} has dtype {array.dtype}, expected real numbers")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise FeatureFileError(f"{where}: dataset {key!r} holds non-finite values (NaN or inf)")
-    return array
+
+
+def read_hdf5_features(path: Path, key: str | None, video_id: str, npz_key: str = "feats") -> np.ndarray:
+    """(T, C) float32 features of one video from an HDF5 file.
+
+    ``key`` names the video's dataset in a file shared by all videos; ``None`` means a file of the video's
+    own, read from its ``npz_key`` dataset or, failing that, its only dataset. Errors name file and video.
+    """
+
+    def read(node: Any) -> np.ndarray:
+        array = np.ascontiguousarray(node[()], dtype=np.float32)
+        if not np.isfinite(array).all():
+            name = node.name.lstrip("/")
+            raise FeatureFileError(
+                f"{path}: video {video_id!r}: dataset {name!r} holds non-finite values (NaN or inf)"
+            )
+        return array
+
+    return _with_hdf5_dataset(path, key, video_id, npz_key, read)
+
+
+def _npy_header(stream: IO[bytes], size: int) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of a ``.npy`` stream of ``size`` bytes, which must hold the data."""
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = readers[version](stream)
+    needed = stream.tell() + math.prod(shape) * dtype.itemsize
+    if size < needed:
+        raise ValueError(f"truncated: {size} bytes where its header needs {needed}")
+    return shape, dtype
+
+
+def feature_shape(path: Path, npz_key: str = "feats") -> tuple[int, ...]:
+    """(T, C) of a feature file from its header, without reading the data; raises like :func:`load_features`.
+
+    ``.npy`` and ``.npz`` members: the ``.npy`` header, and a file (member) size that holds the data it
+    announces; zip-format ``.pt``/``.pth``: the tensor memory-mapped by ``torch.load(mmap=True)``. Other
+    files (legacy torch files) are read whole. Finiteness is only checked by reading the data.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            with path.open("rb") as stream:
+                shape, dtype = _npy_header(stream, path.stat().st_size)
+        elif suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                member = f"{npz_key}.npy"
+                if member not in archive.namelist():
+                    keys = [n.removesuffix(".npy") for n in archive.namelist()]
+                    raise FeatureFileError(f"{path}: no key {npz_key!r} in the .npz (keys: {keys})")
+                with archive.open(member) as stream:
+                    shape, dtype = _npy_header(stream, archive.getinfo(member).file_size)
+        elif suffix in (".pt", ".pth") and zipfile.is_zipfile(path):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            tensor = obj.get(npz_key) if isinstance(obj, dict) else obj
+            if not isinstance(tensor, torch.Tensor):
+                raise FeatureFileError(f"{path}: expected a tensor (or a dict holding one under {npz_key!r})")
+            shape, dtype = tuple(tensor.shape), np.dtype(np.float32)  # load_features casts any tensor
+        else:
+            return load_features(path, npz_key).shape
+    except FeatureFileError:
+        raise
+    except Exception as err:  # any reader failure means the file is unusable; report it with its name
+        raise FeatureFileError(f"{path}: cannot read the header ({type(err).__name__}: {err})") from err
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: expected a 2-d (T, C) array, got shape {tuple(shape)}")
+    if not _is_real(dtype):
+        raise FeatureFileError(f"{path}: expected real numbers, got dtype {dtype}")
+    return tuple(shape)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -266,6 +342,9 @@ class ActivityNetFeatureDataset(Dataset):
 
     Training crops draw from a per-process generator seeded with ``seed`` (mixed with the DataLoader
     worker id) or, by default, with ``torch.initial_seed()``, which Lightning's global seed fixes.
+
+    ``check_on_load=False`` leaves the file checks of loading (missing files with ``"error"``, reading the
+    first video, a split left empty by missing files) to :meth:`check_features`, which reports them all.
     """
 
     def __init__(
@@ -293,6 +372,7 @@ class ActivityNetFeatureDataset(Dataset):
         out_of_bounds: str = "keep",
         bound_tolerance: float = 0.1,
         seed: int | None = None,
+        check_on_load: bool = True,
     ) -> None:
         if missing_features not in ("error", "skip"):
             raise ValueError(f"missing_features must be 'error' or 'skip', got {missing_features!r}")
@@ -330,6 +410,7 @@ class ActivityNetFeatureDataset(Dataset):
         self.out_of_bounds = out_of_bounds
         self.bound_tolerance = bound_tolerance
         self.seed = seed
+        self.check_on_load = check_on_load
         self._rng: torch.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
         self._hdf5_keys: dict[Path, set[str]] = {}
@@ -344,8 +425,9 @@ class ActivityNetFeatureDataset(Dataset):
             database, label_names, num_classes
         )
         self.class_agnostic = self.num_classes == 1 and len(self.label_names) > 1
-        self.videos, self.skipped = self._load_videos(database)
-        if self.videos and self.input_dim is not None:
+        self.videos, self.missing = self._load_videos(database)
+        self.skipped = list(self.missing)
+        if self.videos and self.input_dim is not None and check_on_load:
             self._read_features(self.videos[0])  # a wrong feature dim fails at start-up, not mid-epoch
 
     # ------------------------------------------------------------------------------------------ loading
@@ -471,10 +553,11 @@ class ActivityNetFeatureDataset(Dataset):
             segs, labs = segs[kept], labs[kept]
         return segs, labs
 
-    def _load_videos(self, database: dict) -> tuple[list[VideoRecord], list[str]]:
+    def _load_videos(self, database: dict) -> tuple[list[VideoRecord], dict[str, list[str]]]:
+        """The split's videos with all their feature sources, and video id -> absent sources of the rest."""
         self._out_of_bounds: list[str] = []
         videos: list[VideoRecord] = []
-        missing: list[tuple[str, str]] = []
+        missing: dict[str, list[str]] = {}
         for vid, entry in database.items():
             if str(entry["subset"]).lower() not in self.split:
                 continue
@@ -505,7 +588,7 @@ class ActivityNetFeatureDataset(Dataset):
                     if not paths[-1].is_file():
                         absent.append(str(paths[-1]))
             if absent:
-                missing.append((vid, absent[0]))
+                missing[vid] = absent
                 continue
             videos.append(
                 VideoRecord(
@@ -527,8 +610,8 @@ class ActivityNetFeatureDataset(Dataset):
                 action,
                 "\n  ".join(self._out_of_bounds[:5]),
             )
-        if missing:
-            examples = ", ".join(p for _, p in missing[:5])
+        if missing and self.check_on_load:
+            examples = ", ".join(absent[0] for absent in list(missing.values())[:5])
             if self.missing_features == "error":
                 raise FileNotFoundError(
                     f"{len(missing)} of {len(missing) + len(videos)} videos of split {self.split} in "
@@ -540,12 +623,12 @@ class ActivityNetFeatureDataset(Dataset):
                 len(missing),
                 len(missing) + len(videos),
                 self.split,
-                ", ".join(v for v, _ in missing[:5]),
+                ", ".join(list(missing)[:5]),
             )
-        if not videos:
+        if not videos and (self.check_on_load or not missing):
             subsets = sorted({str(e["subset"]) for e in database.values()})
             raise ValueError(f"{self.json_file}: no usable videos in split {self.split} (subsets: {subsets})")
-        return videos, [v for v, _ in missing]
+        return videos, missing
 
     # ------------------------------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -588,19 +671,61 @@ class ActivityNetFeatureDataset(Dataset):
             return read_hdf5_features(path, key, video_id, self.npz_key)
         return load_features(path, self.npz_key)
 
+    def _stream_shape(self, path: Path, key: str | None, video_id: str) -> tuple[int, ...]:
+        if key is not None or is_hdf5(path):
+            return _with_hdf5_dataset(path, key, video_id, self.npz_key, lambda node: node.shape)
+        return feature_shape(path, self.npz_key)
+
+    @staticmethod
+    def _stream_names(video: VideoRecord) -> list[str]:
+        return [str(p) if k is None else f"{p}[{k}]" for p, k in zip(video.feat_paths, video.feat_keys)]
+
+    def _check_dims(self, dims: list[int], names: list[str]) -> None:
+        """Raise unless the streams' channels match ``input_dim`` (one value per stream, or their sum)."""
+        if self.input_dim is None:
+            return
+        expected = list(self.input_dim) if isinstance(self.input_dim, Sequence) else [self.input_dim]
+        got = dims if len(expected) == len(dims) else [sum(dims)]
+        expected = expected if len(expected) == len(dims) else [sum(int(e) for e in expected)]
+        if got != [int(e) for e in expected]:
+            raise ValueError(f"{', '.join(names)}: expected feature dim {self.input_dim}, got {got}")
+
     def _read_features(self, video: VideoRecord) -> np.ndarray:
         parts = [self._read_stream(p, k, video.video_id) for p, k in zip(video.feat_paths, video.feat_keys)]
-        names = [str(p) if k is None else f"{p}[{k}]" for p, k in zip(video.feat_paths, video.feat_keys)]
-        if self.input_dim is not None:
-            dims = [p.shape[1] for p in parts]
-            expected = list(self.input_dim) if isinstance(self.input_dim, Sequence) else [self.input_dim]
-            got = dims if len(expected) == len(dims) else [sum(dims)]
-            expected = expected if len(expected) == len(dims) else [sum(int(e) for e in expected)]
-            if got != [int(e) for e in expected]:
-                raise ValueError(f"{', '.join(names)}: expected feature dim {self.input_dim}, got {got}")
+        names = self._stream_names(video)
+        self._check_dims([p.shape[1] for p in parts], names)
         if len(parts) == 1:
             return parts[0]
         return concat_streams(parts, names)
+
+    def _check_header(self, video: VideoRecord) -> None:
+        """Raise as :meth:`_read_features` would on what the files' headers show (not on their values)."""
+        shapes = [self._stream_shape(p, k, video.video_id) for p, k in zip(video.feat_paths, video.feat_keys)]
+        names = self._stream_names(video)
+        self._check_dims([shape[1] for shape in shapes], names)
+        concat_streams([np.empty((shape[0], 0), np.float32) for shape in shapes], names)  # lengths agree
+
+    def check_features(self, full: bool = False) -> list[str]:
+        """One problem per missing feature file and per video whose features cannot be used, naming both.
+
+        Missing files count with ``missing_features="error"`` (see ``check_on_load``). ``full=False``
+        reads headers only (:func:`feature_shape`, HDF5 metadata): shape, dtype, channels against
+        ``input_dim``, stream lengths, files shorter than their header says; ``full=True`` reads every
+        video as training does, which also catches corrupt data and non-finite values.
+        """
+        problems = []
+        if self.missing_features == "error":
+            for vid, absent in self.missing.items():
+                problems += [f"video {vid!r}: no feature file {path}" for path in absent]
+        elif not self.videos:
+            problems.append(f"no usable videos in split {self.split}: all {len(self.missing)} lack features")
+        check = self._read_features if full else self._check_header
+        for video in self.videos:
+            try:
+                check(video)
+            except (OSError, ValueError) as err:
+                problems.append(f"video {video.video_id!r}: {err}")
+        return problems
 
     def __getitem__(self, index: int) -> dict:
         video = self.videos[index]
@@ -766,6 +891,27 @@ def check_dataset_instance(dataset: Dataset, spec: str) -> None:
 
 DatasetSpec = Dataset | Callable[..., Dataset] | None
 
+VALIDATE_MODES = ("headers", "full", "none")
+"""``validate`` values: check file headers (cheap), read everything, or check nothing."""
+
+
+def _builds_feature_dataset(factory: Callable[..., Dataset]) -> bool:
+    """Whether a factory (class or partial) builds an :class:`ActivityNetFeatureDataset`."""
+    cls = factory.func if isinstance(factory, functools.partial) else factory
+    return isinstance(cls, type) and issubclass(cls, ActivityNetFeatureDataset)
+
+
+def _read_every_item(dataset: Dataset) -> list[str]:
+    """One problem per item of a dataset that cannot be read (the torch RNG is left as it was)."""
+    problems = []
+    with torch.random.fork_rng(devices=[]):
+        for index in range(len(dataset)):
+            try:
+                dataset[index]
+            except Exception as err:  # any failure makes the item unusable; report it and go on
+                problems.append(f"item {index}: {type(err).__name__}: {err}")
+    return problems
+
 
 class LocalizationDataModule(L.LightningDataModule):
     """Train/val/test loaders for localization.
@@ -782,6 +928,7 @@ class LocalizationDataModule(L.LightningDataModule):
     training dataset's. The train loader shuffles and drops the last incomplete batch, like the release.
     Workers are not persistent by default: fresh workers take their seeds from the global RNG each
     epoch, which checkpoints carry, so a resumed run crops exactly as an uninterrupted one.
+    :meth:`check_files` checks every split's files before fitting, as ``validate`` says.
     """
 
     def __init__(
@@ -802,8 +949,12 @@ class LocalizationDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         custom_class: str | None = None,
+        validate: str = "headers",
     ) -> None:
         super().__init__()
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
+        self.validate = validate
         self.custom_class = custom_class
         if custom_class is not None:
             cls = resolve_dataset_class(custom_class)
@@ -859,6 +1010,46 @@ class LocalizationDataModule(L.LightningDataModule):
         if stage not in self._built:
             self._built[stage] = spec()
         return self._built[stage]
+
+    def check_files(self) -> list[str]:
+        """Problems with the files of every configured split (train/val/test), one per bad file or record.
+
+        Works before :meth:`setup`. ``ActivityNetFeatureDataset`` partials are built anew without their
+        load-time checks and report every missing or unusable feature file
+        (:meth:`ActivityNetFeatureDataset.check_features`; headers only unless ``validate="full"``). Other
+        datasets are built as :meth:`setup` builds them; with ``"full"`` every item is read. A dataset that
+        cannot be built is one problem. Splits sharing their files are checked once. With ``demo`` set, a
+        split whose files are missing at build time is skipped: :meth:`prepare_data` generates them, so call
+        this after it to check the generated data. ``validate="none"`` returns [].
+        """
+        if self.validate == "none":
+            return []
+        stages: dict[Any, list[str]] = {}
+        for stage, spec in self._specs.items():
+            stages.setdefault(tuple(spec[1]) if isinstance(spec, tuple) else id(spec), []).append(stage)
+        problems = []
+        for group in stages.values():
+            label = "/".join(group) + " split"
+            problems += [f"{label}: {problem}" for problem in self._check_stage(group[0], label)]
+        return problems
+
+    def _check_stage(self, stage: str, label: str) -> list[str]:
+        spec = self._specs[stage]
+        full = self.validate == "full"
+        try:
+            if isinstance(spec, tuple) and self.custom_class is None and _builds_feature_dataset(spec[0]):
+                factory, split, training = spec
+                dataset = factory(split=split, training=training, check_on_load=False)
+            else:
+                dataset = self._build(stage)
+        except Exception as err:  # a split that cannot be built is one problem; the others are still checked
+            if self.demo is not None and isinstance(err, FileNotFoundError):
+                log.info("%s: demo data not generated yet, nothing to check (%s)", label, err)
+                return []
+            return [f"cannot build the dataset ({type(err).__name__}: {err})"]
+        if isinstance(dataset, ActivityNetFeatureDataset):
+            return dataset.check_features(full)
+        return _read_every_item(dataset) if full else []
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (fit: train + val; validate: val; test/predict: test)."""

@@ -31,6 +31,8 @@ checkpoint's ``VideoMAEImageProcessor`` (equal to its torchvision backend; withi
 A missing or unreadable video raises an error naming the file and the take. With ``bad_videos="skip"``
 takes with missing files are left out at start-up (counted in the log and listed in ``skipped``) and a
 take whose video fails to decode is dropped from its batch with a warning; no other take stands in.
+:meth:`SkillDataModule.check_files` finds them all before fitting (``validate``: ``headers`` opens every
+video's container with decord, ``full`` also decodes every frame).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ VIEW_KEYS = ("ego", "exo1", "exo2", "exo3", "exo4")
 """``video_paths`` keys in ``camera_indices`` order: 0 is the Aria (ego) view, 1-4 the exo cameras."""
 
 _MAX_REPORTED = 5
+
+VALIDATE_LEVELS = ("headers", "full", "none")
+"""``validate`` values: what :meth:`SkillDataModule.check_files` reads before fitting."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,7 +290,8 @@ class SkillDataset(Dataset):
     Items: ``take_uid``, ``take_name``, ``scenario``, ``label`` (-1 when hidden) and ``pixel_values``:
     ``(V, T, C, H, W)`` in training, ``(num_clips, V, T, C, H, W)`` in evaluation. See the module
     docstring for paths, sampling and ``bad_videos``. Training windows draw from the process's global
-    torch RNG, which Lightning seeds (per DataLoader worker) and checkpoints carry.
+    torch RNG, which Lightning seeds (per DataLoader worker) and checkpoints carry. ``check_videos=False``
+    keeps every take without looking for its files (:meth:`SkillDataModule.check_files` reports them).
     """
 
     def __init__(
@@ -305,6 +311,7 @@ class SkillDataset(Dataset):
         video_subdir: str | None = "downscaled/448",
         bad_videos: str = "error",
         decode_threads: int = 1,
+        check_videos: bool = True,
     ) -> None:
         if bad_videos not in ("error", "skip"):
             raise ValueError(f"bad_videos must be 'error' or 'skip', got {bad_videos!r}")
@@ -329,7 +336,8 @@ class SkillDataset(Dataset):
         self.bad_videos = bad_videos
         self.decode_threads = int(decode_threads)
         self.label_names = list(LABEL_NAMES)
-        self.takes, self.skipped = self._check_files(read_annotation_jsonl(self.annotation_file))
+        takes = read_annotation_jsonl(self.annotation_file)
+        self.takes, self.skipped = self._check_files(takes) if check_videos else (takes, [])
 
     def video_path(self, relative: str) -> Path:
         """Absolute path of an official ``video_paths`` entry under ``root`` and ``video_subdir``."""
@@ -339,28 +347,51 @@ class SkillDataset(Dataset):
             )
         return self.root / relative
 
+    def _no_view(self, take: TakeRecord, cam: int) -> str:
+        return (
+            f"take {take.take_uid} ({take.take_name}) in {self.annotation_file} has no "
+            f"{VIEW_KEYS[cam]} video (camera index {cam})"
+        )
+
     def _views(self, take: TakeRecord) -> list[Path]:
         paths = []
         for cam in self.camera_indices:
             rel = take.video_paths[cam]
             if rel is None:
-                raise VideoReadError(
-                    f"take {take.take_uid} ({take.take_name}) in {self.annotation_file} has no "
-                    f"{VIEW_KEYS[cam]} video (camera index {cam})"
-                )
+                raise VideoReadError(self._no_view(take, cam))
             paths.append(self.video_path(rel))
         return paths
+
+    def video_problems(self, take: TakeRecord, level: str = "exists", chunk: int = 64) -> list[str]:
+        """One message per selected view of ``take`` that cannot be read: no such view or no file, and with
+        ``level`` "headers" a container decord cannot open, with "full" also a frame that fails to decode
+        (``chunk`` frames at a time)."""
+        name = f"{take.take_uid} ({take.take_name})"
+        problems = []
+        for cam in self.camera_indices:
+            rel = take.video_paths[cam]
+            if rel is None:
+                problems.append(self._no_view(take, cam))
+                continue
+            path = self.video_path(rel)
+            if not path.is_file():
+                problems.append(f"take {name}: missing video {path}")
+            elif level in ("headers", "full"):
+                try:
+                    reader = open_video(path, name, self.decode_threads)
+                    if level == "full":
+                        for start in range(0, len(reader), chunk):
+                            read_frames(path, range(start, min(start + chunk, len(reader))), name, reader)
+                except VideoReadError as err:
+                    problems.append(str(err))
+        return problems
 
     def _check_files(self, takes: list[TakeRecord]) -> tuple[list[TakeRecord], list[str]]:
         kept, bad = [], []
         for take in takes:
-            try:
-                absent = [p for p in self._views(take) if not p.is_file()]
-            except VideoReadError as err:
-                bad.append((take, str(err)))
-                continue
-            if absent:
-                bad.append((take, f"take {take.take_uid} ({take.take_name}): missing video {absent[0]}"))
+            problems = self.video_problems(take)
+            if problems:
+                bad.append((take, problems[0]))
             else:
                 kept.append(take)
         if bad:
@@ -463,6 +494,7 @@ class SkillDataModule(L.LightningDataModule):
     callable) makes the demo data in :meth:`prepare_data`. The training loader shuffles and drops the
     last incomplete batch. Workers decode and preprocess; they are not persistent, so their seeds come
     from the global RNG each epoch (checkpointed: a resumed run samples like an uninterrupted one).
+    ``validate`` is how much of every split's videos :meth:`check_files` reads before fitting.
     """
 
     def __init__(
@@ -478,8 +510,12 @@ class SkillDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        validate: str = "headers",
     ) -> None:
         super().__init__()
+        if validate not in VALIDATE_LEVELS:
+            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
+        self.validate = validate
         self.root = Path(root)
         self.dataset = dataset
         self.files = {
@@ -501,6 +537,43 @@ class SkillDataModule(L.LightningDataModule):
         """Generate the demo data if configured (Lightning runs this once per node)."""
         if self.demo is not None:
             self.demo()
+
+    def check_files(self) -> list[str]:
+        """Every unreadable video of the configured splits, one message per file naming split and take.
+
+        ``validate="headers"`` opens each selected view's container with decord (its frame count; no frame
+        is decoded), ``"full"`` also decodes every frame, ``"none"`` checks nothing. Works before
+        :meth:`prepare_data`: a split whose annotation file a configured demo has not made yet is left to
+        the generator. With ``bad_videos="skip"`` bad takes are left out instead of failing the run, so
+        their problems are only logged, unless no take of the split would be left.
+        """
+        if self.validate == "none":
+            return []
+        splits: dict[Path, list[str]] = {}
+        for stage, path in self.files.items():
+            if path is not None and (self.demo is None or path.is_file()):
+                splits.setdefault(path, []).append(stage)
+        problems: list[str] = []
+        for path, stages in splits.items():
+            where = f"{'/'.join(stages)} split"
+            try:
+                data = self.dataset(
+                    root=self.root, annotation_file=path, training=stages[0] == "train", check_videos=False
+                )
+            except (OSError, ValueError) as err:
+                problems.append(f"{where}: {err}")
+                continue
+            found = [data.video_problems(take, self.validate) for take in data.takes]
+            messages = [f"{where}: {message}" for take in found for message in take]
+            if data.bad_videos == "skip" and not all(found):
+                if messages:
+                    log.warning(
+                        "%d unreadable videos (bad_videos=skip leaves their takes out), e.g.\n  %s",
+                        len(messages), "\n  ".join(messages[:_MAX_REPORTED]),
+                    )  # fmt: skip
+            else:
+                problems += messages
+        return problems
 
     def _build(self, stage: str) -> SkillDataset | None:
         path = self.files[stage]

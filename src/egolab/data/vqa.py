@@ -29,6 +29,7 @@ Re-rooting frame paths (:func:`reroot`), applied by every reader when ``image_ro
 Readers check structure and raise errors naming the file and the item (index or id). Whether the frames
 are there is checked separately by :func:`drop_bad_items` (``bad_items="error"`` raises, ``"skip"``
 leaves the whole item out and counts it), and :func:`load_item_frames` names the item when a frame fails.
+:meth:`VQADataModule.check_files` reports every bad frame of every split before fitting.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ missing separators: the options run straight into "The original FPS", the fps se
 
 BadItems = Literal["error", "skip"]
 SPLITS_ALL = ("train", "val", "test")
+VALIDATE_LEVELS = ("headers", "full", "none")
+"""``validate`` values: what :meth:`VQADataModule.check_files` reads before fitting."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -475,15 +478,20 @@ def load_item_frames(
         raise ValueError(f"{_item_name(item)}: {err}") from err
 
 
-def _frame_problem(path: Path, verify: bool) -> str | None:
+def _frame_problem(path: Path, verify: bool, decode: bool = False) -> str | None:
+    """Why a frame cannot be used, or None: no file; with ``verify`` a file PIL cannot parse (its header and
+    chunks, pixels not decoded); with ``decode`` pixels that do not decode."""
     if not path.is_file():
         return f"frame not found: {path}"
-    if verify:
-        try:
+    try:
+        if verify:
             with Image.open(path) as image:
                 image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            return f"cannot read frame {path} ({err})"
+        if decode:
+            with Image.open(path) as image:
+                image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return f"cannot read frame {path} ({err})"
     return None
 
 
@@ -819,7 +827,8 @@ class VQADataModule(L.LightningDataModule):
     ``val_answers``/``test_answers`` (the official answers format) join the letters by id; without them the
     run writes predictions and a submission but no accuracy. ``processor`` is the HF processor (hub name or
     folder) that encodes batches; ``demo`` (optional callable) makes the demo data in :meth:`prepare_data`.
-    ``bad_items="skip"`` leaves out (and counts) items with a missing or unreadable frame.
+    ``bad_items="skip"`` leaves out (and counts) items with a missing or unreadable frame. ``validate`` is
+    how much of every split's frames :meth:`check_files` reads before fitting.
     """
 
     def __init__(
@@ -851,8 +860,12 @@ class VQADataModule(L.LightningDataModule):
         eval_batch_size: int = 4,
         num_workers: int = 0,
         pin_memory: bool = False,
+        validate: str = "headers",
     ) -> None:
         super().__init__()
+        if validate not in VALIDATE_LEVELS:
+            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
+        self.validate = validate
         if train_format not in ("sharegpt", "support_flattened"):
             raise ValueError(f"train_format must be 'sharegpt' or 'support_flattened', got {train_format!r}")
         if template not in TEMPLATES:
@@ -894,7 +907,7 @@ class VQADataModule(L.LightningDataModule):
         if self.demo is not None:
             self.demo()
 
-    def _train_dataset(self) -> ConversationDataset:
+    def _train_samples(self) -> list[ShareGPTSample]:
         if not self.train_files:
             raise ValueError("fitting needs data.train_files (ShareGPT json files)")
         samples: list[ShareGPTSample] = []
@@ -906,13 +919,16 @@ class VQADataModule(L.LightningDataModule):
                 samples += [s for s in own if self.domain is None or s.domain == self.domain]
         if not samples:
             raise ValueError(f"no training samples in {self.train_files} (domain {self.domain})")
+        return samples
+
+    def _train_dataset(self) -> ConversationDataset:
+        samples = self._train_samples()
         kept, self.skipped["train"] = drop_bad_items(samples, self.bad_items, verify=self.bad_items == "skip")
         return ConversationDataset(kept, *self.pixels["images"])
 
-    def _eval_dataset(self, split: str) -> TestbedDataset | None:
+    def _eval_items(self, split: str) -> tuple[list[TestbedItem], dict | None]:
+        """The split's testbed items (of ``domain``) and its answers (None without an answers file)."""
         file, answers_file = self.eval_files[split]
-        if file is None:
-            return None
         items = read_testbed(self.root / file, self.image_root, self.strip_prefix)
         if self.domain is not None:
             items = [item for item in items if item.domain == self.domain]
@@ -921,11 +937,73 @@ class VQADataModule(L.LightningDataModule):
             from egolab.metrics.vqa import read_answers
 
             answers = read_answers(self.root / answers_file)
-        kept, self.skipped[split] = drop_bad_items(items, self.bad_items, verify=self.bad_items == "skip")
+        return items, answers
+
+    def _testbed(self, items: Sequence[TestbedItem], answers: dict | None) -> TestbedDataset:
         max_pixels, min_pixels = self.pixels[self.frames_as]
         return TestbedDataset(
-            kept, answers, max_pixels, min_pixels, self.prompt_style, self.frames_as, self.fps_rule
+            items, answers, max_pixels, min_pixels, self.prompt_style, self.frames_as, self.fps_rule
         )
+
+    def _eval_dataset(self, split: str) -> TestbedDataset | None:
+        if self.eval_files[split][0] is None:
+            return None
+        items, answers = self._eval_items(split)
+        kept, self.skipped[split] = drop_bad_items(items, self.bad_items, verify=self.bad_items == "skip")
+        return self._testbed(kept, answers)
+
+    def _split_files(self, split: str) -> list[Path]:
+        """The json files a split reads (none when it is not configured)."""
+        if split == "train":
+            return self.train_files
+        file, answers = self.eval_files[split]
+        return [] if file is None else [self.root / f for f in (file, answers) if f is not None]
+
+    def check_files(self) -> list[str]:
+        """Every unusable file of the configured splits, one message each: a json that does not read (or
+        val/test items without answers), and each bad frame, named with the items that show it.
+
+        ``validate="headers"`` looks for every frame and parses it with PIL (``verify``: headers and chunks,
+        no pixels), ``"full"`` decodes every frame, ``"none"`` checks nothing; no processor or model is
+        loaded. Works before :meth:`prepare_data`: a split whose files a configured demo has not made yet is
+        left to the generator. Under ``bad_items="skip"`` bad frames leave their items out, so they are
+        logged, not returned.
+        """
+        if self.validate == "none":
+            return []
+        problems: list[str] = []
+        skipped: list[str] = []
+        for split in SPLITS_ALL:
+            files = self._split_files(split)
+            if not files or (self.demo is not None and not all(f.is_file() for f in files)):
+                continue
+            try:
+                if split == "train":
+                    items: Sequence[ShareGPTSample | TestbedItem] = self._train_samples()
+                else:
+                    items, answers = self._eval_items(split)
+                    self._testbed(items, answers)  # every item must have its answer
+            except (OSError, ValueError) as err:
+                problems.append(f"{split} split: {err}")
+                continue
+            checked: dict[Path, str | None] = {}
+            users: dict[Path, list[str]] = {}
+            for item in items:
+                for frame in _frames_of(item):
+                    if frame not in checked:
+                        checked[frame] = _frame_problem(frame, True, decode=self.validate == "full")
+                    if checked[frame] is not None:
+                        users.setdefault(frame, []).append(_item_name(item))
+            for frame, names in users.items():
+                more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+                message = f"{split} split: {names[0]}{more}: {checked[frame]}"
+                (skipped if self.bad_items == "skip" else problems).append(message)
+        if skipped:
+            log.warning(
+                "%d missing or unreadable frames (bad_items=skip leaves their items out), e.g. %s",
+                len(skipped), skipped[:3],
+            )  # fmt: skip
+        return problems
 
     def setup(self, stage: str | None = None) -> None:
         """Load the processor and build the datasets the stage needs (fit: train + val; test: test)."""

@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", type=int, help="run only this combination of a sweep")
     parser.add_argument("--seeds", nargs="+", metavar="SEED", help="run once per seed (a seed sweep)")
     parser.add_argument("--nodes", type=int, help="SLURM nodes (hydra.launcher.nodes)")
-    parser.add_argument("--gpus", type=int, help="GPUs per node (hydra.launcher.gpus_per_node)")
+    parser.add_argument("--gpus", type=int, help="GPUs per node (hydra.launcher.gpus_per_node; 0: CPU nodes)")
     parser.add_argument("--timeout-min", type=int, help="SLURM time limit in minutes")
-    parser.add_argument("--mem-gb", type=int, help="memory per node in GB")
+    parser.add_argument("--cpus", type=int, help="CPUs per task (hydra.launcher.cpus_per_task, default 10)")
+    parser.add_argument("--mem-gb", type=int, help="memory per node in GB (default 64)")
     parser.add_argument("--outputs", help="OUTPUTS root (default $EGOLAB_OUTPUTS or ./OUTPUTS)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, applied after the file's")
@@ -114,7 +115,7 @@ def _is_cluster_only(text: str) -> bool:
 
 def _launcher_overrides(args: argparse.Namespace) -> list[str]:
     pairs = [("nodes", args.nodes), ("gpus_per_node", args.gpus), ("timeout_min", args.timeout_min)]
-    pairs.append(("mem_gb", args.mem_gb))
+    pairs += [("cpus_per_task", args.cpus), ("mem_gb", args.mem_gb)]
     return [f"hydra.launcher.{key}={value}" for key, value in pairs if value is not None]
 
 
@@ -142,12 +143,16 @@ def plan(args: argparse.Namespace) -> Plan:
         indices = [args.run_id]
     launcher = "submitit_local" if args.submitit_local else "slurm"
     validate_composition(
-        lines, [combos[i] + ([f"hydra/launcher={launcher}"] if cluster else []) for i in indices]
+        lines,
+        [combos[i] + ([f"hydra/launcher={launcher}"] if cluster else []) for i in indices],
+        check_types=cluster,
     )
 
+    if cluster and not args.submitit_local:
+        check_time_limit(combos[indices[0]], args)
     name = experiment_name(txt)
     exp_dir = experiment_dir(txt, args.outputs)
-    common = [f"name={name}"]
+    common = [f"name={name}", f"experiment_file={txt}"]
     if args.test:
         common.append("test_only=true")
     python = [sys.executable, "-m", "egolab.train"]
@@ -178,6 +183,21 @@ def plan(args: argparse.Namespace) -> Plan:
         commands.append(cmd)
         dirs.append(directory)
     return Plan(commands, dirs, scratch_dirs=dirs if args.debug and not args.test else [])
+
+
+def check_time_limit(combo: list[str], args: argparse.Namespace) -> None:
+    """Refuse a SLURM time limit that leaves no time before submitit's preemption signal."""
+    from hydra import compose, initialize_config_dir
+
+    from egolab.launch.slurm import signal_delay_problem
+    from egolab.paths import CONF_DIR
+
+    overrides = [*combo, "hydra/launcher=slurm", *_launcher_overrides(args)]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
+    problem = signal_delay_problem(launcher.timeout_min, launcher.signal_delay_s)
+    if problem:
+        raise ExperimentFileError(f"{args.cfg}: {problem}")
 
 
 def experiment_lines(
@@ -222,8 +242,15 @@ def _same(a: object, b: object) -> bool:
     return a == b or str(a) == str(b)
 
 
-def validate_composition(lines: list[OverrideLine], combos: list[list[str]]) -> None:
-    """Compose the config of every run before starting any, naming the line of a bad override."""
+def validate_composition(
+    lines: list[OverrideLine], combos: list[list[str]], check_types: bool = False
+) -> None:
+    """Compose the config of every run before starting any, naming the line of a bad override.
+
+    ``check_types`` also checks every value's type against what it is passed to (a SLURM job should not
+    queue for hours to fail on a typo); that imports the targets (Lightning: seconds), so local runs
+    leave it to the training process, which imports them anyway.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -236,6 +263,10 @@ def validate_composition(lines: list[OverrideLine], combos: list[list[str]]) -> 
             cfg = compose("config", overrides=overrides)
         except (HydraException, OmegaConfBaseException) as err:
             return str(err).strip().splitlines()[0], []
+        if check_types:
+            from egolab.launch.config_types import type_errors
+
+            return None, type_errors(cfg, lines) or config_problems(cfg)
         return None, config_problems(cfg)
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -268,6 +299,16 @@ def _blame(lines: list[OverrideLine], error: str) -> OverrideLine | None:
     return best
 
 
+def print_run_metrics(dirs: list[Path]) -> None:
+    """The test-metrics table of each finished run, as a local run prints it."""
+    from egolab.train import print_metrics
+
+    for directory in dirs:
+        path = directory / "metrics.json"
+        if path.is_file():
+            print_metrics(json.loads(path.read_text()), title=f"test metrics (run {directory.name})")
+
+
 def summarize(dirs: list[Path]) -> None:
     """Print the final test metrics of the runs of a sweep side by side (one row per metric)."""
     from rich.console import Console
@@ -292,7 +333,7 @@ def wandb_sweep(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from egolab.launch import wandb_sweep as ws
-    from egolab.loggers import wandb_has_key
+    from egolab.loggers import wandb_mode
     from egolab.paths import CONF_DIR
 
     plan(args)  # validates the file, the overrides and every combination's composition
@@ -322,7 +363,7 @@ def wandb_sweep(args: argparse.Namespace) -> int:
     print(f"launch: wrote {path}", file=sys.stderr)
     if args.dry_run:
         return 0
-    if wandb_has_key() and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled"):
+    if wandb_mode(str(exp_dir)) == "online":
         sweep_id = ws.register(config)
         print(f"launch: registered sweep {sweep_id}; start agents here with: wandb agent {sweep_id}")
         return 0
@@ -364,14 +405,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         for directory in launch_plan.scratch_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+    cluster = bool(args.partition or args.cluster)
     for cmd in launch_plan.commands:
         print("launch:", " ".join(cmd), file=sys.stderr)
         if args.dry_run:
             continue
-        code = subprocess.call(cmd, env=env)
+        if cluster:
+            from egolab.launch.slurm import wait_reporting_queue
+
+            code = wait_reporting_queue(
+                subprocess.Popen(cmd, env=env), experiment_dir(args.cfg, args.outputs)
+            )
+        else:
+            code = subprocess.call(cmd, env=env)
         if code != 0:
             return code
     if not args.dry_run:
+        if cluster:  # a local run printed its table itself; a SLURM job printed it to its log
+            print_run_metrics(launch_plan.run_dirs)
         summarize(launch_plan.run_dirs)
         if args.seeds and len(launch_plan.run_dirs) > 1:
             summarize_seeds(experiment_dir(args.cfg, args.outputs))
