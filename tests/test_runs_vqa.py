@@ -62,7 +62,7 @@ def test_vqa_run_imports_no_other_task_dependencies(egolab_env, modules_after):
 def test_zero_shot_tests_the_model_as_built_without_fitting(egolab_env):
     """zero_shot=true: no training and no checkpoint; the untrained tiny model is scored (near chance)."""
     launch(egolab_env, "-g", "zero_shot=true", "data.domain=animal")
-    run_dir = Path(egolab_env["EGOLAB_OUTPUTS"]) / DEMO / "debug"
+    run_dir = Path(egolab_env["EGOLAB_OUTPUTS"]) / DEMO / "debug" / "0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) >= {"test/accuracy", "test/accuracy_animal", "test/letter_accuracy"}
     assert metrics["test/letter_accuracy"] < 0.6, metrics

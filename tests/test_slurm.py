@@ -17,9 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "expts/demo/localization.txt"
-# A short CPU run: 1 task, 1 CPU, 2 GB, 3 epochs of the localization demo.
+# A short CPU run: 1 task, 1 CPU, 2 GB, 2 epochs of the localization demo.
 RESOURCES = ["--cluster", "--gpus", "0", "--cpus", "1", "--mem-gb", "2"]
-SETTINGS = ["trainer.max_epochs=3", "logger=csv"]
+SETTINGS = ["trainer.max_epochs=2", "logger=csv"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
 
 pytestmark = pytest.mark.slow
