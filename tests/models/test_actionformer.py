@@ -16,6 +16,7 @@ from egolab.models.actionformer import (
     local_window_attention,
     param_groups,
     sinusoid_encoding,
+    trimmed_forward,
     trimmed_lengths,
     windowed_sdpa_attention,
 )
@@ -290,6 +291,21 @@ def test_trimmed_padding_gives_the_untrimmed_outputs_and_gradients(case, trainin
     torch.testing.assert_close(grad, ref_grad)
     for mine, ref in zip(param_grads, ref_param_grads):
         torch.testing.assert_close(mine, ref)
+
+
+@pytest.mark.parametrize(("channels", "cuts"), [(16, [256]), (4096, [96, 256])])
+def test_auto_trimming_runs_a_pass_per_video_only_for_large_inputs(channels, cuts):
+    """Small inputs: one pass cut to the longest video; large ones (C x T >= 2^20): a pass per video."""
+    calls = []
+
+    def levels(feats, masks, padded_length):
+        calls.append(feats.shape)
+        return {"masks": [masks[:, None]]}
+
+    masks = _lengths_to_mask([256, 40], 256)
+    out = trimmed_forward(levels, torch.zeros(2, channels, 256), masks, 32, "auto")
+    assert sorted(shape[-1] for shape in calls) == cuts  # 40 valid steps + one coarsest stride -> 96
+    assert out["masks"][0].shape == (2, 1, 256)
 
 
 def test_trimmed_lengths_keep_a_padded_step_on_every_level():

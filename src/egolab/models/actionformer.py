@@ -26,6 +26,7 @@ FPN_TYPES = ("identity", "fpn", "cs_fpn")
 BACKBONE_TYPES = ("convTransformer", "convTransformerv2")
 HEAD_TYPES = ("v1", "v2")
 TRIM_MODES = ("auto", "sample", "batch", "none")
+SAMPLE_TRIM_MIN_NUMEL = 2**20  # C x T of one padded video (THUMOS I3D: 2048 x 2304 = 4.7 M)
 EMPTY_CLASS_PRIOR = 1e-6
 PADDED_KEY_BIAS = -1e4
 MIN_QUERY_BLOCK = 32
@@ -682,14 +683,17 @@ def trimmed_forward(
     full length (masks with False) so callers see the usual shapes. Modes: ``sample`` runs each group of
     videos with the same cut separately (least work: a short video in a batch costs its own length),
     ``batch`` cuts the whole batch to its longest video (one pass, the better trade on a GPU), ``none``
-    runs the padded batch, ``auto`` is ``sample`` on CPU and ``batch`` elsewhere. The outputs at valid
-    steps equal the untrimmed ones (tests/models/test_actionformer.py checks it), as do the gradients.
+    runs the padded batch, ``auto`` is ``sample`` on CPU for videos of at least ``SAMPLE_TRIM_MIN_NUMEL``
+    input values (below that, a pass per video costs more in overhead than it saves: the CPU demo model
+    trains 2x slower) and ``batch`` otherwise. The outputs at valid steps equal the untrimmed ones
+    (tests/models/test_actionformer.py checks it), as do the gradients.
     """
     if mode not in TRIM_MODES:
         raise ValueError(f"trim_padding must be one of {TRIM_MODES}, got {mode!r}")
     full = feats.shape[-1]
     if mode == "auto":
-        mode = "sample" if feats.device.type == "cpu" else "batch"
+        large = feats[0].numel() >= SAMPLE_TRIM_MIN_NUMEL
+        mode = "sample" if feats.device.type == "cpu" and large else "batch"
     if mode == "none":
         return levels(feats, masks, full)
     cuts = trimmed_lengths(masks, unit)
