@@ -168,3 +168,14 @@ def test_cpu_only_cluster_nodes_get_one_task(expt, tmp_path):
         launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
     assert (launcher.gpus_per_node, launcher.tasks_per_node) == (0, 1)
     assert (launcher.cpus_per_task, launcher.mem_gb) == (2, 8)
+
+
+def test_printed_commands_can_be_pasted_into_a_shell(expt, tmp_path, capsys):
+    """--dry-run prints each command shell-quoted: the list, ${...} interpolations and spaces survive."""
+    import shlex
+
+    expt.write_text(BASE + "task.metric.tiou_thresholds=[0.3, 0.5]\n")
+    assert main(["-c", "expts/x.txt", "--cluster", "--dry-run", "--outputs", str(tmp_path / "O")]) == 0
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("launch: /")]
+    (cmd,) = make_plan("-c", "expts/x.txt", "--cluster", "--outputs", str(tmp_path / "O")).commands
+    assert shlex.split(line.removeprefix("launch: ")) == cmd

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
     cluster = bool(args.partition or args.cluster)
     for cmd in launch_plan.commands:
-        print("launch:", " ".join(cmd), file=sys.stderr)
+        print("launch:", shlex.join(cmd), file=sys.stderr)
         if args.dry_run:
             continue
         if cluster:
