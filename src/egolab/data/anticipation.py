@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from egolab.data.checks import checked_validate, shared_splits
 from egolab.data.loaders import make_loader
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,6 @@ EPIC_TEST_COLUMNS = EPIC_COLUMNS[:8]
 ACTIONS_HEADER = ["id", "verb", "noun", "action"]
 
 PathLike = str | os.PathLike
-
-VALIDATE_MODES = ("headers", "full", "none")
-"""``validate`` values: check file headers and keys (cheap), read everything, or check nothing."""
 
 
 def lmdb_key(video_id: str, frame: int) -> str:
@@ -724,9 +722,7 @@ class AnticipationDataModule(L.LightningDataModule):
         validate: str = "headers",
     ) -> None:
         super().__init__()
-        if validate not in VALIDATE_MODES:
-            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
-        self.validate = validate
+        self.validate = checked_validate(validate)
         self.dataset = dataset
         self.files = {"train": train_annotations, "val": val_annotations, "test": test_annotations}
         self.demo = demo
@@ -771,15 +767,9 @@ class AnticipationDataModule(L.LightningDataModule):
         """
         if self.validate == "none":
             return []
-        stages: dict[tuple, list[str]] = {}
-        for stage in self.files:
-            key = self._key(stage)
-            if key is not None:
-                stages.setdefault(key, []).append(stage)
         lazy = {"check_first": False} if "check_first" in inspect.signature(self.dataset).parameters else {}
         problems = []
-        for (files, training), group in stages.items():
-            label = "/".join(group) + " split"
+        for label, _, (files, training) in shared_splits({stage: self._key(stage) for stage in self.files}):
             try:
                 dataset = self.dataset(annotations=list(files), training=training, **lazy)
             except Exception as err:  # a split that cannot be built is one problem; the others still count

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader as GraphLoader
 
+from egolab.data.checks import checked_validate
 from egolab.data.features import load_features
 from egolab.data.loaders import make_loader
 
@@ -56,9 +57,6 @@ FEATURE_STRIDE = 16
 
 METADATA_COLUMNS = ["video_uid", "length", "features_size"]
 CHOICES = ("error", "skip")
-VALIDATE_LEVELS = ("headers", "full", "none")
-"""``validate`` values: what :meth:`BackpackDataModule.check_files` reads before fitting."""
-
 PathLike = str | os.PathLike
 
 
@@ -1150,9 +1148,7 @@ class BackpackDataModule(L.LightningDataModule):
         validate: str = "headers",
     ) -> None:
         super().__init__()
-        if validate not in VALIDATE_LEVELS:
-            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
-        self.validate = validate
+        self.validate = checked_validate(validate)
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from egolab.data.checks import checked_validate, shared_splits
 from egolab.data.features import FeatureFileError, concat_streams, load_features
 from egolab.data.loaders import make_loader
 
@@ -891,9 +892,6 @@ def check_dataset_instance(dataset: Dataset, spec: str) -> None:
 
 DatasetSpec = Dataset | Callable[..., Dataset] | None
 
-VALIDATE_MODES = ("headers", "full", "none")
-"""``validate`` values: check file headers (cheap), read everything, or check nothing."""
-
 
 def _builds_feature_dataset(factory: Callable[..., Dataset]) -> bool:
     """Whether a factory (class or partial) builds an :class:`ActivityNetFeatureDataset`."""
@@ -952,9 +950,7 @@ class LocalizationDataModule(L.LightningDataModule):
         validate: str = "headers",
     ) -> None:
         super().__init__()
-        if validate not in VALIDATE_MODES:
-            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
-        self.validate = validate
+        self.validate = checked_validate(validate)
         self.custom_class = custom_class
         if custom_class is not None:
             cls = resolve_dataset_class(custom_class)
@@ -1024,13 +1020,13 @@ class LocalizationDataModule(L.LightningDataModule):
         """
         if self.validate == "none":
             return []
-        stages: dict[Any, list[str]] = {}
-        for stage, spec in self._specs.items():
-            stages.setdefault(tuple(spec[1]) if isinstance(spec, tuple) else id(spec), []).append(stage)
+        files = {
+            stage: tuple(spec[1]) if isinstance(spec, tuple) else id(spec)
+            for stage, spec in self._specs.items()
+        }
         problems = []
-        for group in stages.values():
-            label = "/".join(group) + " split"
-            problems += [f"{label}: {problem}" for problem in self._check_stage(group[0], label)]
+        for label, stages, _ in shared_splits(files):
+            problems += [f"{label}: {problem}" for problem in self._check_stage(stages[0], label)]
         return problems
 
     def _check_stage(self, stage: str, label: str) -> list[str]:

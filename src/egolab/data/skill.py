@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from egolab.data.checks import checked_validate, shared_splits
 from egolab.data.loaders import make_loader
 from egolab.data.skill_annotations import LABEL_NAMES, jsonl_records, label_of, take_name
 
@@ -64,9 +65,6 @@ VIEW_KEYS = ("ego", "exo1", "exo2", "exo3", "exo4")
 """``video_paths`` keys in ``camera_indices`` order: 0 is the Aria (ego) view, 1-4 the exo cameras."""
 
 _MAX_REPORTED = 5
-
-VALIDATE_LEVELS = ("headers", "full", "none")
-"""``validate`` values: what :meth:`SkillDataModule.check_files` reads before fitting."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -513,9 +511,7 @@ class SkillDataModule(L.LightningDataModule):
         validate: str = "headers",
     ) -> None:
         super().__init__()
-        if validate not in VALIDATE_LEVELS:
-            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
-        self.validate = validate
+        self.validate = checked_validate(validate)
         self.root = Path(root)
         self.dataset = dataset
         self.files = {
@@ -549,13 +545,12 @@ class SkillDataModule(L.LightningDataModule):
         """
         if self.validate == "none":
             return []
-        splits: dict[Path, list[str]] = {}
-        for stage, path in self.files.items():
-            if path is not None and (self.demo is None or path.is_file()):
-                splits.setdefault(path, []).append(stage)
+        files = {
+            stage: path if path is not None and (self.demo is None or path.is_file()) else None
+            for stage, path in self.files.items()
+        }
         problems: list[str] = []
-        for path, stages in splits.items():
-            where = f"{'/'.join(stages)} split"
+        for where, stages, path in shared_splits(files):
             try:
                 data = self.dataset(
                     root=self.root, annotation_file=path, training=stages[0] == "train", check_videos=False

@@ -48,6 +48,7 @@ import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from egolab.data.checks import checked_validate
 from egolab.metrics.vqa import DOMAIN_ORDER
 from egolab.metrics.vqa import DOMAINS as SOURCE_DOMAINS
 from egolab.metrics.vqa import read_testbed as read_testbed_records
@@ -100,9 +101,6 @@ missing separators: the options run straight into "The original FPS", the fps se
 
 BadItems = Literal["error", "skip"]
 SPLITS_ALL = ("train", "val", "test")
-VALIDATE_LEVELS = ("headers", "full", "none")
-"""``validate`` values: what :meth:`VQADataModule.check_files` reads before fitting."""
-
 
 # ----------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -863,9 +861,7 @@ class VQADataModule(L.LightningDataModule):
         validate: str = "headers",
     ) -> None:
         super().__init__()
-        if validate not in VALIDATE_LEVELS:
-            raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
-        self.validate = validate
+        self.validate = checked_validate(validate)
         if train_format not in ("sharegpt", "support_flattened"):
             raise ValueError(f"train_format must be 'sharegpt' or 'support_flattened', got {train_format!r}")
         if template not in TEMPLATES:
