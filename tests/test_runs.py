@@ -2,8 +2,11 @@
 CPU DDP, the submitit paths, and lazy imports. Marked slow; CI runs them."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,10 @@ def test_demo_learns_and_writes_its_run_dir(egolab_env):
     metrics = metrics_of(run_dir)
     assert metrics["test/average_mAP"] >= 0.8, metrics
     assert "test metrics" in proc.stdout
+    console = proc.stdout + proc.stderr  # each line once, no warning a user cannot act on
+    assert console.count("GPU available") == 1, console[:3000]
+    for noise in ("LeafSpec", "in eval mode", "litlogger", "\x1b["):
+        assert noise not in console, noise
     for name in (
         "config.yaml",
         "checkpoints/last.ckpt",
@@ -82,29 +89,98 @@ class KillAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtBatch(L.Callback):
+    \"\"\"Send this process ``signum`` during batch ``batch`` of epoch ``epoch``: mid-epoch.\"\"\"
+
+    def __init__(self, epoch, batch, signum):
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)
 """
 
 
-def test_killed_run_resumes_to_the_same_result(egolab_env, tmp_path):
-    reference = dict(egolab_env, EGOLAB_OUTPUTS=str(tmp_path / "reference"))
-    launch(["-c", DEMO, "-l", *SHORT], reference)
-    expected = metrics_of(run_dir_of(reference))
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory) -> dict:
+    """Metrics of the SHORT demo run, never interrupted."""
+    outputs = tmp_path_factory.mktemp("uninterrupted")
+    env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), WANDB_MODE="offline")
+    launch(["-c", DEMO, "-l", *SHORT], env)
+    return metrics_of(outputs / DEMO / "0")
 
+
+@pytest.fixture
+def callbacks_env(egolab_env, tmp_path) -> dict:
     (tmp_path / "killer.py").write_text(KILLER)
-    crashing = dict(egolab_env, PYTHONPATH=str(tmp_path))
+    return dict(egolab_env, PYTHONPATH=str(tmp_path))
+
+
+def test_killed_run_resumes_to_the_same_result(callbacks_env, uninterrupted):
     killed = launch(
         ["-c", DEMO, "-l", *SHORT, "+callbacks.kill._target_=killer.KillAtEpoch", "+callbacks.kill.epoch=2"],
-        crashing,
+        callbacks_env,
         check=False,
     )
     assert killed.returncode != 0
-    last = run_dir_of(egolab_env) / "checkpoints" / "last.ckpt"
+    last = run_dir_of(callbacks_env) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 1
-    assert not (run_dir_of(egolab_env) / "metrics.json").exists()
+    assert not (run_dir_of(callbacks_env) / "metrics.json").exists()
 
-    launch(["-c", DEMO, "-l", *SHORT], egolab_env)  # the same command: resumes from last.ckpt
-    assert metrics_of(run_dir_of(egolab_env)) == pytest.approx(expected, abs=1e-6)
+    launch(["-c", DEMO, "-l", *SHORT], callbacks_env)  # the same command: resumes from last.ckpt
+    assert metrics_of(run_dir_of(callbacks_env)) == pytest.approx(uninterrupted, abs=1e-6)
     assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 3
+
+
+def test_sigterm_mid_epoch_saves_and_the_relaunch_ends_as_if_uninterrupted(callbacks_env, uninterrupted):
+    """SIGTERM in batch 1 of epoch 1: last.ckpt saved after that batch, a one-line message, exit 143;
+    the relaunch (with 2 DataLoader workers where the reference had none) resumes mid-epoch and ends with
+    the uninterrupted metrics."""
+    signal_at = ["+callbacks.kill._target_=killer.SignalAtBatch", "+callbacks.kill.epoch=1"]
+    stopped = launch(
+        ["-c", DEMO, "-l", *SHORT, *signal_at, "+callbacks.kill.batch=1", "+callbacks.kill.signum=15"],
+        callbacks_env,
+        check=False,
+    )
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + 15, output[-3000:]
+    assert "interrupted by SIGTERM; last.ckpt saved: relaunch the same command to resume" in output
+    assert "Traceback" not in output
+    run_dir = run_dir_of(callbacks_env)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert checkpoint["epoch"] == 1 and progress["processed"] == 2, "saved after batch 1 of epoch 1"
+    assert not (run_dir / "metrics.json").exists()
+
+    launch(["-c", DEMO, "-l", *SHORT, "data.num_workers=2"], callbacks_env)
+    assert metrics_of(run_dir) == pytest.approx(uninterrupted, abs=1e-6)
+
+
+def test_ctrl_c_on_launch_py_stops_training_with_a_checkpoint_and_no_traceback(egolab_env, uninterrupted):
+    """SIGINT to launch.py (a terminal's Ctrl-C) once epoch 0 is saved: it is passed on to the training
+    process, which saves last.ckpt and exits 130 without a traceback; launch.py exits 130 too."""
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", "-c", DEMO, "-l", *SHORT],
+        cwd=ROOT,
+        env=egolab_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = run_dir_of(egolab_env) / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted by SIGINT; last.ckpt saved" in output and "Traceback" not in output
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] > 0
+    launch(["-c", DEMO, "-l", *SHORT], egolab_env)
+    assert metrics_of(run_dir_of(egolab_env)) == pytest.approx(uninterrupted, abs=1e-6)
 
 
 def test_cpu_ddp_two_processes(egolab_env):
@@ -172,3 +248,43 @@ def test_running_localization_imports_no_other_task_dependencies(egolab_env, mod
     ):
         assert heavy not in added, f"{heavy} imported by a localization run"
     assert "egolab" in added
+
+
+def test_killed_launcher_stops_its_trainer_and_the_folder_keeps_its_configuration(egolab_env, uninterrupted):
+    """SIGKILL launch.py while it trains: its training process gets SIGTERM (parent-death signal), saves
+    and exits. A relaunch with another learning rate is refused, naming the key, without a traceback and
+    without touching the folder; the same command resumes to the uninterrupted metrics; --restart archives
+    the folder and trains the new setting."""
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", "-c", DEMO, "-l", *SHORT], cwd=ROOT, env=egolab_env, text=True
+    )
+    run_dir = run_dir_of(egolab_env)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    trainer_pid = int((run_dir / ".lock").read_text().split()[1])
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{trainer_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{trainer_pid}").exists(), "the training process outlived launch.py"
+    assert not (run_dir / "metrics.json").exists()
+
+    saved = (run_dir / "config.yaml").read_bytes()
+    refused = launch(["-c", DEMO, "-l", *SHORT, "task.optimizer.lr=0.01"], egolab_env, check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "task.optimizer.lr: 0.001 -> 0.01" in output, output[-3000:]
+    assert "--restart" in output and "Traceback" not in output
+    assert (run_dir / "config.yaml").read_bytes() == saved
+
+    launch(["-c", DEMO, "-l", *SHORT], egolab_env)
+    assert metrics_of(run_dir) == pytest.approx(uninterrupted, abs=1e-6)
+
+    launch(
+        ["-c", DEMO, "-l", *SHORT, "task.optimizer.lr=0.01", "trainer.max_epochs=1", "--restart"], egolab_env
+    )
+    (archived,) = run_dir.parent.glob("0.archived-*")
+    assert metrics_of(archived) == pytest.approx(uninterrupted, abs=1e-6)
+    assert "lr: 0.01" in (run_dir / "config.yaml").read_text() and metrics_of(run_dir) != metrics_of(archived)

@@ -1,7 +1,8 @@
 """launch.py on a real one-node SLURM cluster (scripts/slurm_dev_cluster.sh; .ci/run starts it).
 
-A 2-seed job array, and a job requeued by `scontrol requeue` in the middle of training: each ends with
-SLURM state COMPLETED, launch.py exiting 0, and the requeued run's metrics equal to the uninterrupted
+A 2-seed job array; a job requeued by `scontrol requeue` in the middle of training; a job that gets
+SLURM's preemption signal (USR2) in its first epoch; a job preempted by its time limit: each ends with
+SLURM state COMPLETED, launch.py exiting 0, and the interrupted runs' metrics equal to the uninterrupted
 run's. Skipped, with the reason, where no cluster answers (no root or apt to start one).
 """
 
@@ -24,6 +25,39 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 
 pytestmark = pytest.mark.slow
 
+HELPERS = """
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+class SlowBatches(L.Callback):
+    \"\"\"Sleep before every training batch: a run long enough to meet its time limit.\"\"\"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_train_batch_start(self, *args):
+        time.sleep(self.seconds)
+
+
+class WaitForPreemption(L.Callback):
+    \"\"\"Before batch 1 of epoch 0, once: write ``marker`` and wait (up to 120 s) for a signal.\"\"\"
+
+    def __init__(self, marker):
+        self.marker = Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) != (0, 1) or self.marker.exists():
+            return
+        (handler,) = [c for c in trainer.callbacks if type(c).__name__ == "SignalCheckpoint"]
+        self.marker.write_text("waiting")
+        deadline = time.monotonic() + 120
+        while not handler._received and time.monotonic() < deadline:
+            time.sleep(0.1)
+"""
+
 
 def _cluster_problem() -> str | None:
     """Why no SLURM cluster can be used here, or None."""
@@ -43,7 +77,10 @@ def slurm_env(demo_root, tmp_path_factory) -> dict:
     if problem:
         pytest.skip(problem)
     env = dict(os.environ)
+    helpers = tmp_path_factory.mktemp("helpers")
+    (helpers / "slurm_helpers.py").write_text(HELPERS)
     env.update(
+        PYTHONPATH=str(helpers),
         EGOLAB_DEMO_DATA=str(demo_root),
         WANDB_MODE="offline",
         WANDB_SILENT="true",
@@ -53,8 +90,9 @@ def slurm_env(demo_root, tmp_path_factory) -> dict:
     return env
 
 
-def launch(env: dict, outputs: Path, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "launch.py", "-c", EXPERIMENT, *RESOURCES, "--outputs", str(outputs), *args]
+def launch(env: dict, outputs: Path, *args: str, resources: tuple = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "launch.py", "-c", EXPERIMENT, *RESOURCES, *resources, "--outputs", str(outputs)]
+    cmd += args
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -102,19 +140,17 @@ def test_seed_array_completes(seed_array, array_run):
     assert metrics[0]["test/average_mAP"] != metrics[1]["test/average_mAP"], "two seeds, two results"
 
 
-def test_requeue_mid_training_completes_with_the_uninterrupted_metrics(seed_array, slurm_env, tmp_path):
-    """`scontrol requeue` while training (after the first epoch's checkpoint): SLURM requeues the job,
-    the killed attempt reports nothing, launch.py waits for the final attempt and exits 0."""
-    proc = launch(slurm_env, tmp_path, "seed=0", *SETTINGS)
-    exp_dir = tmp_path / EXPERIMENT
-    checkpoint = exp_dir / "0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
+def wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
         assert proc.poll() is None, proc.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
         time.sleep(0.5)
-    (job_id,) = job_ids(exp_dir)
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+
+
+def assert_completed_as_uninterrupted(proc, exp_dir: Path, job_id: str, seed_array: Path) -> list[str]:
+    """launch.py exits 0, the job was requeued and then COMPLETED, the metrics are the uninterrupted run's;
+    the job's accounting records."""
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-4000:]
     states = final_states(job_id)
@@ -122,26 +158,56 @@ def test_requeue_mid_training_completes_with_the_uninterrupted_metrics(seed_arra
     resumed = json.loads((exp_dir / "0" / "metrics.json").read_text())
     uninterrupted = json.loads((seed_array / "0" / "metrics.json").read_text())
     assert resumed == uninterrupted
+    return states
 
 
-def test_a_waiting_job_is_reported_with_slurms_reason(slurm_env, tmp_path):
-    """While the node's CPUs are taken, launch.py says the job is PENDING and why."""
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
-    blocker = subprocess.run(
-        ["sbatch", "--parsable", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 300"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    proc = launch({**slurm_env, "EGOLAB_SLURM_POLL_S": "1"}, tmp_path, "seed=0", *SETTINGS)
-    try:
-        deadline, seen = time.monotonic() + 120, []
-        for line in proc.stdout:
-            seen.append(line)
-            if "PENDING (Resources)" in line or time.monotonic() > deadline:
-                break
-        assert any("launch: SLURM job" in line and "PENDING (Resources)" in line for line in seen), seen[-20:]
-    finally:
-        subprocess.run(["scancel", blocker, *job_ids(tmp_path / EXPERIMENT)])
-        proc.kill()
-        proc.communicate()
+def test_requeue_mid_training_completes_with_the_uninterrupted_metrics(seed_array, slurm_env, tmp_path):
+    """`scontrol requeue` while training (after the first epoch's checkpoint): SLURM requeues the job,
+    the killed attempt reports nothing, launch.py waits for the final attempt and exits 0. A half-written
+    submitit result left by a killed attempt (0 bytes) does not fail the final one."""
+    proc = launch(slurm_env, tmp_path, "seed=0", *SETTINGS)
+    exp_dir = tmp_path / EXPERIMENT
+    wait_for(exp_dir / "0" / "checkpoints" / "last.ckpt", proc)
+    (job_id,) = job_ids(exp_dir)
+    (exp_dir / ".submitit" / job_id / f"{job_id}_0_result.pkl.save_tmp").write_bytes(b"")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    assert_completed_as_uninterrupted(proc, exp_dir, job_id, seed_array)
+
+
+def test_usr2_in_the_first_epoch_saves_and_completes_with_the_uninterrupted_metrics(
+    seed_array, slurm_env, tmp_path
+):
+    """SLURM's preemption signal to every process of the job (DataLoader workers included) during epoch 0:
+    the run saves last.ckpt after that batch, submitit requeues, the next attempt resumes mid-epoch."""
+    marker = tmp_path / "in_epoch_0"
+    waiting = ["+callbacks.wait._target_=slurm_helpers.WaitForPreemption", f"+callbacks.wait.marker={marker}"]
+    proc = launch(slurm_env, tmp_path, "seed=0", *SETTINGS, *waiting)
+    exp_dir = tmp_path / EXPERIMENT
+    wait_for(marker, proc)
+    (job_id,) = job_ids(exp_dir)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    assert_completed_as_uninterrupted(proc, exp_dir, job_id, seed_array)
+
+
+def test_time_limit_preemption_completes_with_the_uninterrupted_metrics(seed_array, slurm_env, tmp_path):
+    """A 2-minute time limit with the preemption signal 30 s before it, on a run of about 100 s of
+    training (2 s per batch): SLURM signals the first attempt 60-90 s in (it checks every 30 s), while it
+    trains; the run saves after the batch, submitit requeues it, and the next attempt finishes it."""
+    slow = ["+callbacks.slow._target_=slurm_helpers.SlowBatches", "+callbacks.slow.seconds=2.0"]
+    proc = launch(
+        slurm_env,
+        tmp_path,
+        "seed=0",
+        *SETTINGS,
+        *slow,
+        "hydra.launcher.signal_delay_s=30",
+        resources=("--timeout-min", "2"),
+    )
+    exp_dir = tmp_path / EXPERIMENT
+    wait_for(exp_dir / ".submitit", proc)
+    deadline = time.monotonic() + 60
+    while not job_ids(exp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (job_id,) = job_ids(exp_dir)
+    states = assert_completed_as_uninterrupted(proc, exp_dir, job_id, seed_array)
+    print(f"time-limit preemption: SLURM records {states}")

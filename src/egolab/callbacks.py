@@ -1,4 +1,5 @@
-"""Callbacks that make a run survive being killed: exact RNG resume and a checkpoint on preemption."""
+"""Callbacks that make a run survive being killed: exact RNG resume, and a checkpoint on preemption,
+SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -58,43 +59,88 @@ class RNGStateCheckpoint(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-class PreemptionCheckpoint(L.Callback):
-    """On the preemption signal (submitit's USR2), save `last.ckpt` atomically, then hand over.
+class LoaderPositionRestore(L.Callback):
+    """Put the training loader back where a mid-epoch checkpoint left it.
 
-    submitit owns requeueing: after the checkpoint is written, the handler that was installed before
-    ours (submitit's, which requeues the job) is called. Without one, training stops cleanly.
-    The decision is reduced over ranks so that every rank saves at the same step.
+    Lightning applies the saved loader states (``egolab.data.loaders.ResumableLoader``) when it
+    builds the training loader after loading the checkpoint. A ``configure_optimizers`` that reads
+    ``trainer.estimated_stepping_batches`` (every egolab task: warmup + cosine per step) makes it build the
+    loader before the checkpoint is loaded, and then the states are never applied (Lightning 2.6): the
+    resumed epoch would start over. This applies them, and restarts the loader, when training starts.
     """
 
-    def __init__(self, path: str, signum: int = signal.SIGUSR2) -> None:
-        self.path = Path(path)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fit_loop = trainer.fit_loop
+        if fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving ``last.ckpt``; relaunching the same command resumes."""
+
+    def __init__(self, signum: int) -> None:
         self.signum = signum
-        self._requested = False
-        self._previous: Any = None
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; last.ckpt saved: relaunch the same command to resume")
+
+
+class SignalCheckpoint(L.Callback):
+    """On SLURM's preemption signal (submitit's USR2), SIGTERM or Ctrl-C: finish the batch, save
+    ``last.ckpt`` atomically, and stop.
+
+    The loader's position travels in the checkpoint, so the resumed run is the uninterrupted one. After
+    saving on the preemption signal, the handler that was there before ours is called (submitit's, which
+    requeues the job and exits). Then :class:`Interrupted` is raised, which ``egolab.train`` reports in one
+    line with exit code 128 + the signal number. A second Ctrl-C interrupts at once. The decision is reduced
+    over ranks so that every rank saves at the same step. Handlers are installed when training starts,
+    after Lightning's own (which would otherwise wrap ours and stop at its own points without a checkpoint);
+    DataLoader workers ignore these signals (``egolab.data.loaders.worker_init``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        signals: tuple[str, ...] = ("SIGUSR2", "SIGTERM", "SIGINT"),
+        requeue_signal: str = "SIGUSR2",
+    ) -> None:
+        self.path = Path(path)
+        self.signals = [signal.Signals[name] for name in signals]
+        self.requeue_signal = signal.Signals[requeue_signal]
+        self._received = 0
+        self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._requested = True
-        self._frame = frame
+        if signum == signal.SIGINT and self._received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._received = signum
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._previous = signal.signal(self.signum, self._on_signal)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._received = 0
+        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in self.signals}
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, error: BaseException) -> None:
+        self._restore()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self._requested, all=False):
+        if not trainer.strategy.reduce_boolean_decision(bool(self._received), all=False):
             return
-        self._requested = False
+        signum = int(trainer.strategy.reduce(torch.tensor(self._received), reduce_op="max"))
         tmp = self.path.with_name(self.path.name + ".tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
-        trainer.strategy.barrier("preemption-checkpoint")
-        previous, self._previous = self._previous, None
-        signal.signal(self.signum, previous if previous is not None else signal.SIG_DFL)
-        if callable(previous):
-            previous(self.signum, getattr(self, "_frame", None))
-        trainer.should_stop = True
+        trainer.strategy.barrier("signal-checkpoint")
+        previous = self._previous.get(signum)
+        self._restore()
+        if signum == self.requeue_signal and callable(previous):
+            previous(signum, None)
+        raise Interrupted(signum)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -71,11 +75,12 @@ def override_lines(cfg: DictConfig, overrides: list[str]) -> list:
 def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     """Raise one error listing every value of a wrong type (with the experiment-file line that set it)
     and every problem :func:`config_problems` finds."""
+    from egolab.errors import BadValue
     from egolab.launch.config_types import type_errors
 
     problems = type_errors(cfg, override_lines(cfg, overrides or [])) or config_problems(cfg)
     if problems:
-        raise ValueError("bad configuration:\n  - " + "\n  - ".join(problems))
+        raise BadValue("bad configuration:\n  - " + "\n  - ".join(problems))
 
 
 def check_data(datamodule: object) -> None:
@@ -91,11 +96,69 @@ def check_data(datamodule: object) -> None:
     datamodule.prepare_data()
     problems = datamodule.check_files()
     if problems:
+        from egolab.errors import BadValue
+
         listed = "\n  - ".join(problems)
-        raise ValueError(
+        raise BadValue(
             f"data check (data.validate={datamodule.validate}) found {len(problems)} problem(s):\n"
             f"  - {listed}\nFix or remove these files, or set data.validate=none to skip the check."
         )
+
+
+def _message(error: BaseException) -> str:
+    """An error's message; for one re-raised from a DataLoader worker, the worker's last line only."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    return text
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Report bad input (:class:`egolab.errors.UserError`) as its message alone, and an interrupted run
+    as one line; exit 1, or 128 + the signal number.
+
+    :class:`egolab.callbacks.SignalCheckpoint` stops training with ``last.ckpt`` saved; Lightning stops
+    testing on SIGTERM with a ``SystemExit`` whose code is 0, which would look like success; Ctrl-C before
+    or after training would print a traceback.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from egolab.callbacks import Interrupted
+    from egolab.errors import UserError
+
+    try:
+        yield
+    except UserError as err:
+        log.error("%s", _message(err))
+        raise SystemExit(1) from None
+    except Interrupted as err:
+        log.error("%s", err)
+        raise SystemExit(128 + err.signum) from None
+    except SIGTERMException:
+        log.error("interrupted by SIGTERM outside training; relaunch the same command to finish the run")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C); relaunch the same command to resume")
+        raise SystemExit(128 + signal.SIGINT) from None
+
+
+def remove_stale_submitit_result() -> None:
+    """Under submitit, delete the half-written result file an earlier attempt of this job left.
+
+    An attempt killed while submitit wrote its result leaves ``<job>_result.pkl.save_tmp``; the next
+    attempt then fails when it saves its own result ("A temporary saved file already exists"), and a
+    finished run is reported FAILED. Only this job writes that file, and not before it ends.
+    """
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return
+    from submitit import JobEnvironment
+
+    result = JobEnvironment().paths.result_pickle
+    stale = result.with_suffix(result.suffix + ".save_tmp")
+    if stale.exists():
+        log.warning("removing %s, left by an interrupted attempt of this job", stale)
+        stale.unlink()
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
@@ -104,13 +167,19 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     import lightning as L
     from hydra.utils import instantiate
 
-    from egolab.launch.runs import last_checkpoint
+    from egolab.console import quiet_lightning
+    from egolab.launch.runs import check_run_folder, last_checkpoint, lock_run_folder
+    from egolab.loggers import is_global_zero_process
     from egolab.recipe import apply_recipe
 
+    quiet_lightning()
     check_config(cfg, overrides)
+    if is_global_zero_process():
+        lock_run_folder(run_dir)
+        check_run_folder(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    remove_stale_submitit_result()
     L.seed_everything(cfg.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     datamodule = instantiate(cfg.data)
     check_data(datamodule)
@@ -131,6 +200,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     last = last_checkpoint(run_dir)
+    if not cfg.test_only:  # the configuration of the run this folder holds; -t leaves it as trained
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.get("zero_shot"):
         log.info("zero_shot: testing the model as built, without fitting or a checkpoint")
         test_ckpt = None
@@ -142,8 +213,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         if last is not None:
             log.info("resuming from %s", last)
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last else None)
-        if trainer.interrupted:
-            raise SystemExit("training was interrupted; relaunch the same command to resume")
         last = last_checkpoint(run_dir)
         if trainer.fast_dev_run:
             test_ckpt = None
@@ -179,7 +248,8 @@ def run_from_overrides(overrides: list[str], run_dir: str | Path) -> dict[str, f
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
-    return run(cfg, run_dir, overrides)
+    with reported_errors():
+        return run(cfg, run_dir, overrides)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
@@ -187,7 +257,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg, run_dir, list(HydraConfig.get().overrides.task))
+    with reported_errors():
+        metrics = run(cfg, run_dir, list(HydraConfig.get().overrides.task))
     return metrics.get(cfg.monitor.replace("val/", "test/"))
 
 

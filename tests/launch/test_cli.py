@@ -179,3 +179,27 @@ def test_printed_commands_can_be_pasted_into_a_shell(expt, tmp_path, capsys):
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("launch: /")]
     (cmd,) = make_plan("-c", "expts/x.txt", "--cluster", "--outputs", str(tmp_path / "O")).commands
     assert shlex.split(line.removeprefix("launch: ")) == cmd
+
+
+def test_a_repository_experiment_has_one_key_from_any_directory(tmp_path, monkeypatch):
+    """The demo TXT given as a relative path from the repository, as an absolute path from elsewhere, or
+    relative from a subfolder: the same run folder under the repository's OUTPUTS, the same W&B group,
+    and paths.root is the repository (demo data is not regenerated in the working directory)."""
+    from hydra import compose, initialize_config_dir
+
+    from egolab.paths import CONF_DIR, REPO_ROOT
+
+    monkeypatch.delenv("EGOLAB_OUTPUTS", raising=False)
+    expected = REPO_ROOT / "OUTPUTS" / "expts" / "demo" / "localization.txt" / "0"
+    for cwd, txt in [
+        (REPO_ROOT, "expts/demo/localization.txt"),
+        (tmp_path, str(REPO_ROOT / "expts" / "demo" / "localization.txt")),
+        (REPO_ROOT / "expts", "demo/localization.txt"),
+    ]:
+        monkeypatch.chdir(cwd)
+        (cmd,) = make_plan("-c", txt, "-l").commands
+        assert f"hydra.run.dir={expected}" in cmd and "name=demo/localization" in cmd, (cwd, txt)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        overrides = ["task=localization", "model=actionformer/demo", "data=localization/demo"]
+        paths = compose("config", overrides=overrides, return_hydra_config=True).paths
+    assert paths.root == str(REPO_ROOT)

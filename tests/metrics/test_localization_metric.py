@@ -719,3 +719,23 @@ def test_cli_on_official_sample_submission(tmp_path):
         axis=0,
     )
     np.testing.assert_allclose(ref, res.mAP[[0, -1]], rtol=0, atol=1e-6)
+
+
+def test_a_predictions_file_without_label_ids_names_the_video_and_detection(tmp_path):
+    """An official-format submission (labels by name only) given where an egolab predictions file is
+    expected: the error names the file, the video and the detection."""
+    from egolab.metrics.localization import AnnotationFormatError, score_predictions_file
+
+    path = tmp_path / "predictions.json"
+    path.write_text(
+        json.dumps(
+            {
+                "results": {"v1": [{"segment": [1.0, 2.0], "score": 0.9, "label": "a"}]},
+                "ground_truth": {"v1": {"segments": [[1.0, 2.0]], "label_ids": [0]}},
+                "tiou_thresholds": [0.5],
+            }
+        )
+    )
+    expected = r"predictions.json: video 'v1', detection 0: .*'label_id'"
+    with pytest.raises(AnnotationFormatError, match=expected):
+        score_predictions_file(path)

@@ -57,19 +57,45 @@ def test_lr_scale_from_the_recipe_multiplies_the_configured_rate():
     assert task.configure_optimizers()["optimizer"].param_groups[0]["lr"] == pytest.approx(8.0)
 
 
+class _Steps(LocalizationTask):
+    """A LocalizationTask trained on plain tensors, counting its EMA updates."""
+
+    updates = 0
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.model.layer(batch).sum()
+
+    def _update_ema(self) -> None:
+        self.updates += 1
+        super()._update_ema()
+
+    def setup(self, stage: str) -> None:
+        """No datamodule to wire."""
+
+
 def test_ema_updates_once_per_optimizer_step_under_accumulation():
-    task = make_task(ema_decay=0.5)
-    task._trainer = SimpleNamespace(accumulate_grad_batches=3, num_training_batches=7)
-    with torch.no_grad():
-        task.model.layer.weight.fill_(1.0)
-        task.ema_model.layer.weight.fill_(0.0)
-    updated = []
-    for batch_idx in range(7):  # steps after micro-batches 2, 5 and the epoch's last one (6)
-        before = task.ema_model.layer.weight.clone()
-        task.on_train_batch_end(None, None, batch_idx)
-        updated.append(not torch.equal(before, task.ema_model.layer.weight))
-    assert updated == [False, False, True, False, False, True, True]
-    torch.testing.assert_close(task.ema_model.layer.weight, torch.full((2, 2), 0.875))
+    """7 batches, 3 per step: optimizer steps after batches 2, 5 and the epoch's last one (6)."""
+    import lightning as L
+
+    task = _Steps(
+        model=_Linear(),
+        criterion=nn.Identity(),
+        postprocess=lambda outputs, batch: [],
+        metric=DetectionMAP(tiou_thresholds=[0.5]),
+        optimizer=lambda groups: torch.optim.SGD(groups, lr=0.1),
+        warmup_epochs=0,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accumulate_grad_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, torch.utils.data.DataLoader(torch.randn(7, 2), batch_size=1))
+    assert task.updates == 3 == trainer.global_step
 
 
 def test_ema_update_of_weights_and_buffers():
@@ -78,8 +104,7 @@ def test_ema_update_of_weights_and_buffers():
         task.model.layer.weight.fill_(1.0)
         task.ema_model.layer.weight.fill_(0.0)
         task.model.count.fill_(7)
-    task._trainer = SimpleNamespace(accumulate_grad_batches=1, num_training_batches=10)
-    task.on_train_batch_end(None, None, 0)
+    task._update_ema()
     torch.testing.assert_close(task.ema_model.layer.weight, torch.full((2, 2), 0.1))
     assert int(task.ema_model.count) == 7  # integer buffers are copied
 

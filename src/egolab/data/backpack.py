@@ -36,9 +36,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader as GraphLoader
+from torch_geometric.loader.dataloader import Collater
 
 from egolab.data.checks import checked_validate
 from egolab.data.features import load_features
@@ -1328,7 +1328,8 @@ class BackpackDataModule(L.LightningDataModule):
             self.test_datasets = {t: self.dataset(t, self.splits["test"], False) for t in self.eval_tasks}
 
     # ------------------------------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, batch_size: int, training: bool, **kwargs: Any) -> GraphLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, training: bool, **kwargs: Any) -> DataLoader:
+        """A loader of PyG graph batches (PyG's collate function on :func:`make_loader`'s loader)."""
         return make_loader(
             dataset,
             batch_size,
@@ -1336,11 +1337,11 @@ class BackpackDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            loader_cls=GraphLoader,
+            collate_fn=Collater(dataset),
             **kwargs,
         )
 
-    def _eval_loaders(self, datasets: Mapping[str, _GraphDataset], name: str) -> list[GraphLoader]:
+    def _eval_loaders(self, datasets: Mapping[str, _GraphDataset], name: str) -> list[DataLoader]:
         if not datasets:
             raise RuntimeError(f"no {name} datasets (call setup() first)")
         return [self._loader(datasets[t], self.eval_batch_size, False) for t in self.eval_tasks]
@@ -1352,16 +1353,16 @@ class BackpackDataModule(L.LightningDataModule):
         loaders = {t: self._loader(ds, self.batch_size, True) for t, ds in self.train_datasets.items()}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def val_dataloader(self) -> list[GraphLoader]:
+    def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_datasets, "validation")
 
-    def test_dataloader(self) -> list[GraphLoader]:
+    def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.test_datasets, "test")
 
-    def predict_dataloader(self) -> list[GraphLoader]:
+    def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.test_datasets, "test")
 
-    def prototype_dataloader(self, release: bool = False) -> GraphLoader:
+    def prototype_dataloader(self, release: bool = False) -> DataLoader:
         """The AR training windows (the same subset AR trains on), for the phase-2 task prototypes.
 
         Default: uniform (evaluation) sampling, in order, every window once. ``release=True`` reproduces

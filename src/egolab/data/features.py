@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from egolab.errors import UserError
+
 FEATURE_EXTENSIONS = (".npy", ".npz", ".pt", ".pth")
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UserError, ValueError):
     """A feature file exists but cannot be used (unreadable, wrong shape, missing key, non-finite)."""
 
 

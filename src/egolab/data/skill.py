@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from egolab.data.checks import checked_validate, shared_splits
 from egolab.data.loaders import make_loader
 from egolab.data.skill_annotations import LABEL_NAMES, jsonl_records, label_of, take_name
+from egolab.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def eval_window_starts(seg_len: int, window: int, num_clips: int) -> list[int]:
     return [int(round(s)) for s in np.linspace(0, slack, num_clips)]
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video of a take is missing or cannot be decoded."""
 
 

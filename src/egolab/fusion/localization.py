@@ -23,6 +23,7 @@ def fuse_localization(
     """
     import torch
 
+    from egolab.metrics.localization import detection_fields
     from egolab.models.segment_nms import batched_nms
 
     truth = payloads[0].get("ground_truth")
@@ -43,11 +44,10 @@ def fuse_localization(
     pooled: dict[str, list] = {}
     for payload, weight in zip(payloads, weights, strict=True):
         for vid, detections in payload["results"].items():
-            for det in detections:
-                pooled.setdefault(vid, []).append(
-                    (*det["segment"], det["score"] * weight / total, det["label_id"])
-                )
-                names[det["label_id"]] = det["label"]
+            for k, det in enumerate(detections):
+                start, end, score, label_id = detection_fields("predictions to fuse", vid, k, det)
+                pooled.setdefault(vid, []).append((start, end, score * weight / total, label_id))
+                names[label_id] = det.get("label", str(label_id))
     results = {}
     for vid in sorted(pooled):
         rows = np.array(pooled[vid], np.float64).reshape(-1, 4)

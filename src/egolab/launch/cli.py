@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egolab.launch.runs import experiment_dir, last_checkpoint, run_dir
+from egolab.launch import child
+from egolab.launch.runs import archive_run_folder, experiment_dir, experiment_key, last_checkpoint, run_dir
 from egolab.launch.txtfile import (
     ExperimentFileError,
     OverrideLine,
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "W&B key, else run it here through the offline `sweeps` engine",
     )
     parser.add_argument("-t", "--test", action="store_true", help="test the run's last checkpoint")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="archive the run folder(s) as <folder>.archived-<time> and train from scratch (a run folder "
+        "holds one configuration: a relaunch with other settings is refused without this)",
+    )
     parser.add_argument("--run-id", type=int, help="run only this combination of a sweep")
     parser.add_argument("--seeds", nargs="+", metavar="SEED", help="run once per seed (a seed sweep)")
     parser.add_argument("--nodes", type=int, help="SLURM nodes (hydra.launcher.nodes)")
@@ -65,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout-min", type=int, help="SLURM time limit in minutes")
     parser.add_argument("--cpus", type=int, help="CPUs per task (hydra.launcher.cpus_per_task, default 10)")
     parser.add_argument("--mem-gb", type=int, help="memory per node in GB (default 64)")
-    parser.add_argument("--outputs", help="OUTPUTS root (default $EGOLAB_OUTPUTS or ./OUTPUTS)")
+    parser.add_argument("--outputs", help="OUTPUTS root (default $EGOLAB_OUTPUTS, else OUTPUTS in the repo)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, applied after the file's")
     return parser
@@ -103,8 +110,9 @@ class Plan:
 
 
 def experiment_name(txt: Path) -> str:
-    """`expts/demo/localization.txt` -> `demo/localization` (W&B group, run names)."""
-    parts = list(txt.with_suffix("").parts)
+    """`expts/demo/localization.txt` -> `demo/localization` (W&B group, run names), from the experiment's
+    key (:func:`egolab.launch.runs.experiment_key`), whatever the working directory."""
+    parts = list(experiment_key(txt).with_suffix("").parts)
     if parts and parts[0] == "expts":
         parts = parts[1:]
     return "/".join(parts) or txt.stem
@@ -153,7 +161,7 @@ def plan(args: argparse.Namespace) -> Plan:
         check_time_limit(combos[indices[0]], args)
     name = experiment_name(txt)
     exp_dir = experiment_dir(txt, args.outputs)
-    common = [f"name={name}", f"experiment_file={txt}"]
+    common = [f"name={name}", f"experiment_file={txt.resolve()}"]
     if args.test:
         common.append("test_only=true")
     python = [sys.executable, "-m", "egolab.train"]
@@ -406,19 +414,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         for directory in launch_plan.scratch_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+    if args.restart and not (args.debug or args.test):
+        for directory in launch_plan.run_dirs:
+            archived = None if args.dry_run else archive_run_folder(directory)
+            if archived is not None or (args.dry_run and directory.exists()):
+                print(
+                    f"launch: --restart: {directory} archived as {archived or '<folder>.archived-<time>'}",
+                    file=sys.stderr,
+                )
     cluster = bool(args.partition or args.cluster)
     for cmd in launch_plan.commands:
         print("launch:", shlex.join(cmd), file=sys.stderr)
         if args.dry_run:
             continue
+        wait = None
         if cluster:
             from egolab.launch.slurm import wait_reporting_queue
 
-            code = wait_reporting_queue(
-                subprocess.Popen(cmd, env=env), experiment_dir(args.cfg, args.outputs)
-            )
-        else:
-            code = subprocess.call(cmd, env=env)
+            exp_dir = experiment_dir(args.cfg, args.outputs)
+            wait = functools.partial(wait_reporting_queue, exp_dir=exp_dir)
+        code = child.run(cmd, env, wait)
         if code != 0:
             return code
     if not args.dry_run:

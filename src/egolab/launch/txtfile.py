@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from egolab.errors import UserError
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-class ExperimentFileError(ValueError):
+class ExperimentFileError(UserError, ValueError):
     """A problem in an experiment TXT file, always naming the file and, where known, the line."""
 
 

@@ -45,6 +45,8 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
+from egolab.errors import UserError
+
 ANET_TIOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 """Default tIoU thresholds of the official ActivityNet evaluation."""
 
@@ -451,7 +453,7 @@ def result_values(res: DetectionResult, tiou_thresholds: Any) -> dict[str, float
 # ActivityNet json files and the command line
 
 
-class AnnotationFormatError(ValueError):
+class AnnotationFormatError(UserError, ValueError):
     """A ground-truth or prediction file does not follow the ActivityNet json format."""
 
 
@@ -651,6 +653,19 @@ def evaluate_files(
     return out
 
 
+def detection_fields(where: str, video_id: str, k: int, item: object) -> tuple[float, float, float, int]:
+    """``(start, end, score, label_id)`` of detection ``k`` of a video in an egolab predictions file, or an
+    :class:`AnnotationFormatError` naming the file (``where``), the video and the detection."""
+    try:
+        start, end = item["segment"]
+        return float(start), float(end), float(item["score"]), int(item["label_id"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise AnnotationFormatError(
+            f"{where}: video {video_id!r}, detection {k}: needs 'segment' [start, end], 'score' and an "
+            f"integer 'label_id' (egolab predictions file); got {item!r} ({type(err).__name__}: {err})"
+        ) from None
+
+
 def score_predictions_file(path: str | Path) -> dict[str, float]:
     """Recompute a run's test metrics from its ``predictions.json`` (which carries the ground truth it
     was scored against, the tIoU thresholds and top-k), as :class:`DetectionMAP` computed them, or for
@@ -662,9 +677,9 @@ def score_predictions_file(path: str | Path) -> dict[str, float]:
     if data.get("point_tolerance_s") is not None:
         return _score_point_events(data)
     rows = [
-        (vid, *item["segment"], item["score"], item["label_id"])
+        (vid, *detection_fields(str(path), vid, k, item))
         for vid, items in data["results"].items()
-        for item in items
+        for k, item in enumerate(items)
     ]
     pred = SegmentTable(
         np.array([r[0] for r in rows]),

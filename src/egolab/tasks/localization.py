@@ -101,13 +101,15 @@ class LocalizationTask(L.LightningModule):
             self.log(key, value, batch_size=size, prog_bar=name == "final_loss")
         return losses["final_loss"]
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then update the EMA weights: once per optimizer step (not per accumulation micro-batch),
+        and before the batch-end hooks, where a preemption checkpoint may be taken."""
+        super().optimizer_step(*args, **kwargs)
+        self._update_ema()
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA over every floating-point entry of the state dict (weights and buffers), once per step."""
-        accumulate = self.trainer.accumulate_grad_batches
-        stepped = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches
-        if not stepped:  # an accumulation micro-batch: the weights have not changed
-            return
+    def _update_ema(self) -> None:
+        """EMA over every floating-point entry of the state dict (weights and buffers)."""
         ema_state = self.ema_model.state_dict()
         for name, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
