@@ -253,3 +253,11 @@ def test_wandb_run_id_lives_in_run_dir(wandb_home):
     first = wandb_logger(str(run_dir), mode="offline")
     assert (run_dir / "wandb_id.txt").read_text().strip() == first._wandb_init["id"]
     assert wandb_logger(str(run_dir), mode="offline")._wandb_init["id"] == first._wandb_init["id"]
+
+
+def test_an_offline_wandb_run_starts_without_the_anonymous_setting_warning(wandb_home, capfd):
+    """Lightning passes anonymous=None, which wandb 0.31 warns about on every run; egolab leaves it out."""
+    logger = wandb_logger(str(wandb_home / "run"), mode="offline")
+    assert "anonymous" not in logger._wandb_init
+    logger.experiment.finish()
+    assert "anonymous" not in capfd.readouterr().err

@@ -220,7 +220,7 @@ def wandb_logger(
         if is_global_zero_process():
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=run_dir,
         project=project,
         group=group,
@@ -231,3 +231,8 @@ def wandb_logger(
         tags=list(tags or []),
         **kwargs,
     )
+    # Lightning always passes anonymous=None, for which wandb prints "The anonymous setting has no
+    # effect" on every run; wandb has dropped the setting, so it is left out.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
