@@ -41,3 +41,34 @@ def test_a_corrupt_test_file_stops_the_run_before_fitting(tmp_path, monkeypatch)
     monkeypatch.setenv("LOCAL_RANK", "1")
     datamodule.validate = "headers"
     check_data(datamodule)  # other ranks leave it to the first
+
+
+def test_bad_input_is_reported_as_its_message_without_a_traceback(caplog, capsys):
+    """A user error (here a feature file error as a DataLoader worker re-raises it, with the worker's
+    traceback in its message) ends the run with exit code 1 and the one line that names the file."""
+    import signal
+
+    from egolab.callbacks import Interrupted
+    from egolab.data.features import FeatureFileError
+    from egolab.train import reported_errors
+
+    worker = (
+        "Caught FeatureFileError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise FeatureFileError(...)\n'
+        "egolab.data.features.FeatureFileError: /data/v1.npy: cannot read the feature file\n"
+    )
+    with pytest.raises(SystemExit) as stopped, reported_errors():
+        raise FeatureFileError(worker)
+    assert stopped.value.code == 1
+    assert caplog.messages == [
+        "egolab.data.features.FeatureFileError: /data/v1.npy: cannot read the feature file"
+    ]
+    with pytest.raises(SystemExit) as stopped, reported_errors():
+        raise Interrupted(signal.SIGTERM)
+    assert stopped.value.code == 143 and "relaunch the same command to resume" in caplog.messages[-1]
+    with pytest.raises(SystemExit) as stopped, reported_errors():
+        raise KeyboardInterrupt
+    assert stopped.value.code == 130
+    with pytest.raises(RuntimeError), reported_errors():  # a bug keeps its traceback
+        raise RuntimeError("a bug")
