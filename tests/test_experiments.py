@@ -28,6 +28,18 @@ def test_experiment_composes_and_builds_its_task(path):
             cfg = compose(
                 "config", overrides=[*overrides, "paths.root=/nonexistent"], return_hydra_config=False
             )
+        if cfg.task.get("extract"):  # feature extraction: hub weights are not built here (offline)
+            from hydra.utils import get_class
+
+            from egolab.extract.plan import ClipPlan
+
+            ClipPlan(**cfg.data.plan)
+            assert get_class(cfg.model._target_) and cfg.data.target in (
+                "localization",
+                "backpack",
+                "anticipation",
+            )
+            continue
         assert cfg.monitor.startswith("val/")
         task = instantiate(cfg.task)  # builds the model: its config validation runs here
         if getattr(task.model, "built", None) is False:  # vqa: the network is made in configure_model

@@ -52,7 +52,7 @@ def test_demo_learns_and_writes_its_run_dir(egolab_env):
     assert "test metrics" in proc.stdout
     console = proc.stdout + proc.stderr  # each line once, no warning a user cannot act on
     assert console.count("GPU available") == 1, console[:3000]
-    for noise in ("LeafSpec", "in eval mode", "litlogger", "\x1b["):
+    for noise in ("LeafSpec", "module(s) in eval mode", "litlogger", "INFO: ", "\x1b["):
         assert noise not in console, noise
     for name in (
         "config.yaml",

@@ -180,6 +180,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     remove_stale_submitit_result()
     L.seed_everything(cfg.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.task.get("extract"):  # task=extract: features from videos, no training (egolab.extract.run)
+        from egolab.extract.run import run_extraction
+
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        metrics = run_extraction(cfg, run_dir)
+        print_metrics(metrics, "extraction")
+        return metrics
 
     datamodule = instantiate(cfg.data)
     check_data(datamodule)
