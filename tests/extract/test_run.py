@@ -116,6 +116,14 @@ def test_real_videos_sharded_like_unsharded_failures_listed_and_finished_videos_
     assert metrics["videos_skipped"] == 3 and metrics["videos_done"] == 0
     assert {name: (tmp_path / "all" / name).stat().st_mtime_ns for name in files} == written
 
+    # a truncated output (as a copy cut short leaves) is computed again; the other videos are not
+    expected = np.load(tmp_path / "all" / "mp4.npy")
+    (tmp_path / "all" / "mp4.npy").write_bytes((tmp_path / "all" / "mp4.npy").read_bytes()[:100])
+    metrics = extract(videos, tmp_path / "all", tmp_path / "run_resumed")
+    assert metrics["videos_skipped"] == 2 and metrics["videos_done"] == 1
+    np.testing.assert_array_equal(np.load(tmp_path / "all" / "mp4.npy"), expected)
+    assert (tmp_path / "all" / "avi.npy").stat().st_mtime_ns == written["avi.npy"]
+
 
 class _no_error:
     def __enter__(self):
