@@ -218,3 +218,15 @@ def test_backpack_features_are_read_by_the_backpack_feature_store(tmp_path):
     store = FeatureStore(tmp_path / "pt", tmp_path / "cache", feature_dim=192)
     assert store.prepare(["uid1"], "meta.csv") == {"uid1": len(features)}
     np.testing.assert_array_equal(store.get("uid1"), features.numpy())
+
+
+def test_two_videos_with_one_name_are_refused(tmp_path):
+    from egolab.errors import BadValue
+    from egolab.extract.run import list_videos
+
+    for name in ("a.mp4", "a.avi", "b.mkv", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(BadValue, match="a.avi and a.mp4 in .* would write the same output"):
+        list_videos(tmp_path)
+    (tmp_path / "a.avi").unlink()
+    assert list(list_videos(tmp_path)) == ["a", "b"]

@@ -58,7 +58,17 @@ def list_videos(video_dir: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
         from egolab.errors import BadValue
 
         raise BadValue(f"data.video_dir {video_dir} is not a folder of videos")
-    videos = {p.stem: p for p in sorted(video_dir.iterdir()) if p.suffix.lower() in extensions}
+    videos: dict[str, Path] = {}
+    for path in sorted(video_dir.iterdir()):
+        if path.suffix.lower() not in extensions:
+            continue
+        if path.stem in videos:
+            from egolab.errors import BadValue
+
+            raise BadValue(
+                f"{videos[path.stem].name} and {path.name} in {video_dir} would write the same output"
+            )
+        videos[path.stem] = path
     return videos
 
 
@@ -267,8 +277,10 @@ def _report(
         metrics["features_per_s"],
     )
     if target == "localization" and names:
-        native_fps = float(open_video(videos[names[0]]).get_avg_fps())
-        lines = "\n".join(plan.data_config_lines(native_fps))
+        lines = plan.data_config_lines(float(open_video(videos[names[0]]).get_avg_fps()))
+        if plan.fps is None:  # each video keeps its own rate: the dataset reads it from the json
+            lines[0] = "data.dataset.default_fps=null"
+        lines = "\n".join(lines)
         log.info("extract: data config lines for these features (add them to the training TXT):\n%s", lines)
     failed_file = out_dir / "failed.txt"
     if tally.failed:
