@@ -19,11 +19,33 @@ def demo_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo_data")
 
 
+@pytest.fixture(scope="session")
+def localization_demo_run(demo_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """The README's demo command (``launch.py -c expts/demo/localization.txt -l``), run once per session
+    with one intra-op thread (fastest for the tiny model): its run folder, what it printed and its
+    environment. Shared by the test that it learns and the v2-vs-v1 comparison, which need the same run."""
+    outputs = tmp_path_factory.mktemp("localization_demo")
+    env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), OMP_NUM_THREADS="1")
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "-c", "expts/demo/localization.txt", "-l"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return outputs / "expts" / "demo" / "localization.txt" / "0", proc, env
+
+
 @pytest.fixture
 def egolab_env(demo_root, tmp_path) -> dict:
-    """Environment for launch.py subprocesses: shared demo data, private outputs, offline W&B."""
+    """Environment for launch.py subprocesses: shared demo data, private outputs, offline W&B, and one
+    intra-op thread (the demo models are tiny: a second thread costs more than it gives on 2 cores)."""
     env = dict(os.environ)
     env.update(
+        OMP_NUM_THREADS="1",
         EGOLAB_DEMO_DATA=str(demo_root),
         EGOLAB_OUTPUTS=str(tmp_path / "OUTPUTS"),
         WANDB_MODE="offline",

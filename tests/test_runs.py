@@ -43,10 +43,9 @@ def run_dir_of(env, index=0, txt=DEMO) -> Path:
     return Path(env["EGOLAB_OUTPUTS"]) / txt / str(index)
 
 
-def test_demo_learns_and_writes_its_run_dir(egolab_env):
+def test_demo_learns_and_writes_its_run_dir(localization_demo_run):
     """The README's demo command: average mAP (tIoU 0.3:0.7) well above chance on the test split."""
-    proc = launch(["-c", DEMO, "-l"], egolab_env)
-    run_dir = run_dir_of(egolab_env)
+    run_dir, proc, env = localization_demo_run
     metrics = metrics_of(run_dir)
     assert metrics["test/average_mAP"] >= 0.8, metrics
     assert "test metrics" in proc.stdout
@@ -70,7 +69,7 @@ def test_demo_learns_and_writes_its_run_dir(egolab_env):
     rescored = score_predictions_file(run_dir / "predictions.json")  # what late fusion relies on
     assert {f"test/{k}": v for k, v in rescored.items()} == pytest.approx(metrics, abs=1e-6)
 
-    tested = launch(["-c", DEMO, "-t"], egolab_env)
+    tested = launch(["-c", DEMO, "-t"], env)
     assert "test metrics" in tested.stdout
     assert metrics_of(run_dir) == pytest.approx(metrics, abs=1e-6), "-t on last.ckpt must reproduce the run"
 

@@ -230,3 +230,30 @@ def test_two_videos_with_one_name_are_refused(tmp_path):
         list_videos(tmp_path)
     (tmp_path / "a.avi").unlink()
     assert list(list_videos(tmp_path)) == ["a", "b"]
+
+
+def test_a_frame_model_computes_each_shared_frame_once_with_the_same_features(tmp_path):
+    """Overlapping clips (window 8, stride 2) through a timm frame model: the pipeline's features (each
+    decoded frame through the model once) equal the model applied to each clip."""
+    from egolab.data.skill import preprocess_frames
+    from egolab.extract.backbones import FrameBackbone
+    from egolab.extract.run import open_video
+
+    torch.manual_seed(0)
+    backbone = FrameBackbone(
+        "vit_tiny_patch16_224", pretrained=False, model_kwargs={"img_size": 32, "depth": 2}
+    )
+    backbone.eval()
+    calls = []
+    backbone.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    video, plan = write_video(tmp_path / "v.mkv", 30), ClipPlan(None, 8, 2)
+
+    def preprocess(frames):
+        return preprocess_frames(frames, 32, 32, backbone.mean, backbone.std)
+
+    features = video_features(video, plan, backbone, preprocess, 64, Tally())
+    assert calls == [30], "30 frames, each through the model once"
+    clips = plan.clips(30, 30.0)
+    pixels = preprocess(open_video(video).get_batch(list(range(30))).asnumpy())[torch.from_numpy(clips)]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(features), backbone(pixels), rtol=1e-4, atol=1e-5)

@@ -41,10 +41,15 @@ class FrameBackbone(nn.Module):
         self.std: Sequence[float] = tuple(data["std"])
         self.dim = int(self.model.num_features)
 
+    per_frame = True  # clips that share frames can share their features (egolab.extract.run)
+
+    def frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(U, 3, H, W)`` frames -> ``(U, C)`` features."""
+        return self.model(frames)
+
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         n, t = clips.shape[:2]
-        features = self.model(clips.flatten(0, 1))
-        return features.view(n, t, -1).mean(dim=1)
+        return self.frames(clips.flatten(0, 1)).view(n, t, -1).mean(dim=1)
 
 
 class VideoBackbone(nn.Module):

@@ -105,7 +105,8 @@ def video_features(
     threads: int = 1,
 ) -> np.ndarray:
     """``(num_clips, C)`` float32 features of one video; ``ValueError`` when it is shorter than a clip,
-    ``VideoReadError`` when it cannot be decoded. Each batch decodes only the frames its clips use."""
+    ``VideoReadError`` when it cannot be decoded. Each batch decodes only the frames its clips use, and a
+    per-frame backbone sees each of them once."""
     from egolab.data.skill import read_frames
 
     reader = open_video(path, threads)
@@ -119,9 +120,14 @@ def video_features(
         decoded = read_frames(path, frames.tolist(), path.stem, reader)
         tally.decode_s += time.perf_counter() - started
         tally.frames_decoded += len(frames)
-        pixels = preprocess(decoded)[torch.from_numpy(where.reshape(batch.shape))]
+        pixels = preprocess(decoded).to(device or "cpu")
+        index = torch.from_numpy(where.reshape(batch.shape)).to(pixels.device)
         with torch.no_grad():
-            out.append(backbone(pixels.to(device or "cpu")).float().cpu().numpy())
+            if getattr(backbone, "per_frame", False):  # each frame once, however many clips share it
+                features = backbone.frames(pixels)[index].mean(dim=1)
+            else:
+                features = backbone(pixels[index])
+        out.append(features.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
