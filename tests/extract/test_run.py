@@ -257,3 +257,45 @@ def test_a_frame_model_computes_each_shared_frame_once_with_the_same_features(tm
     pixels = preprocess(open_video(video).get_batch(list(range(30))).asnumpy())[torch.from_numpy(clips)]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(features), backbone(pixels), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_extraction_relaunched_ends_with_the_same_files_without_redoing_finished_videos(tmp_path):
+    """launch.py extracting four videos, SIGKILLed once the first output exists; the same command again
+    finishes the others, leaves the first one as it was, and the files equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for k in range(4):
+        write_video(videos / f"v{k}.mkv", 120)
+    settings = ["task=extract", "model=extract/tiny_random", "data=extract/localization", "task.batch_size=1"]
+    settings += ["data.plan.window=2", "data.plan.stride=1", f"data.video_dir={videos}"]
+    env = dict(os.environ, EGOLAB_OUTPUTS=str(tmp_path / "OUT"), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+
+    def command(out: str) -> list[str]:
+        experiment = ["launch.py", "-c", "expts/extract/thumos_videomae.txt", "-l"]
+        return [sys.executable, *experiment, *settings, f"data.out_dir={tmp_path / out}"]
+
+    reference_env = dict(env, EGOLAB_OUTPUTS=str(tmp_path / "REF"))
+    subprocess.run(command("reference"), cwd=root, env=reference_env, check=True, capture_output=True)
+    proc = subprocess.Popen(command("killed"), cwd=root, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "killed" / "v0.npy").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = (tmp_path / "killed" / "v0.npy").stat().st_mtime_ns
+    assert not (tmp_path / "killed" / "v3.npy").exists(), "killed before the end"
+    subprocess.run(command("killed"), cwd=root, env=env, check=True, capture_output=True)
+    assert (tmp_path / "killed" / "v0.npy").stat().st_mtime_ns == first
+    for k in range(4):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "killed" / f"v{k}.npy"), np.load(tmp_path / "reference" / f"v{k}.npy")
+        )
+    assert not list((tmp_path / "killed").glob("*.tmp-*"))

@@ -226,6 +226,10 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if is_complete(output, fmt):
                 tally.skipped += 1
             else:
+                for leftover in output.parent.glob(
+                    f"{output.name}.tmp-*"
+                ):  # a killed attempt's (this shard's)
+                    leftover.unlink()
                 try:
                     with _autocast(device, str(cfg.task.precision)):
                         features = video_features(
