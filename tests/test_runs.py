@@ -104,9 +104,11 @@ class SignalAtBatch(L.Callback):
 
 @pytest.fixture(scope="module")
 def uninterrupted(demo_root, tmp_path_factory) -> dict:
-    """Metrics of the SHORT demo run, never interrupted."""
+    """Metrics of the SHORT demo run, never interrupted (one intra-op thread, as ``egolab_env``: the
+    interrupted runs must compute the same sums in the same order)."""
     outputs = tmp_path_factory.mktemp("uninterrupted")
     env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), WANDB_MODE="offline")
+    env["OMP_NUM_THREADS"] = "1"
     launch(["-c", DEMO, "-l", *SHORT], env)
     return metrics_of(outputs / DEMO / "0")
 
