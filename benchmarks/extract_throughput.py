@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egolab.data.skill import preprocess_frames
+from egolab.data.skill import open_video, preprocess_frames
 from egolab.extract.backbones import FrameBackbone
 from egolab.extract.plan import ClipPlan
-from egolab.extract.run import VIDEO_EXTENSIONS, Tally, clip_batches, open_video, video_features
+from egolab.extract.run import VIDEO_EXTENSIONS, Tally, clip_batches, video_features
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 

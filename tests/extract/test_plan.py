@@ -77,6 +77,8 @@ def test_data_config_lines():
     ]
     lines = ClipPlan(fps=12.5, window=32, stride=8).data_config_lines(30.0)
     assert lines[0] == "data.dataset.default_fps=12.5"
+    assert ClipPlan(fps=12.5, window=32, stride=8).data_config_lines() == lines
+    assert ClipPlan(fps=None, window=16, stride=4).data_config_lines()[0] == "data.dataset.default_fps=null"
     with pytest.raises(ValueError, match="start-anchored"):
         ClipPlan(fps=30, window=8, stride=1, anchor="end").data_config_lines(30.0)
 

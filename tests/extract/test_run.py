@@ -235,9 +235,8 @@ def test_two_videos_with_one_name_are_refused(tmp_path):
 def test_a_frame_model_computes_each_shared_frame_once_with_the_same_features(tmp_path):
     """Overlapping clips (window 8, stride 2) through a timm frame model: the pipeline's features (each
     decoded frame through the model once) equal the model applied to each clip."""
-    from egolab.data.skill import preprocess_frames
+    from egolab.data.skill import open_video, preprocess_frames
     from egolab.extract.backbones import FrameBackbone
-    from egolab.extract.run import open_video
 
     torch.manual_seed(0)
     backbone = FrameBackbone(

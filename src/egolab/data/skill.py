@@ -215,14 +215,19 @@ class VideoReadError(UserError, RuntimeError):
     """A video of a take is missing or cannot be decoded."""
 
 
-def _video_error(path: Path, take: str, err: Exception) -> VideoReadError:
+def _video_error(path: Path, take: str | None, err: Exception) -> VideoReadError:
     state = "missing" if not path.is_file() else "unreadable"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return VideoReadError(f"take {take}: {state} video {path}: {first}")
+    return VideoReadError(f"{_take_prefix(take)}{state} video {path}: {first}")
 
 
-def open_video(path: Path, take: str, num_threads: int = 1) -> Any:
-    """A decord ``VideoReader`` of ``path`` with at least one frame; errors name the file and the take."""
+def _take_prefix(take: str | None) -> str:
+    return f"take {take}: " if take is not None else ""
+
+
+def open_video(path: Path, take: str | None = None, num_threads: int = 1) -> Any:
+    """A decord ``VideoReader`` of ``path`` with at least one frame; errors name the file (and the take,
+    when the video belongs to one)."""
     import decord
 
     try:
@@ -230,11 +235,13 @@ def open_video(path: Path, take: str, num_threads: int = 1) -> Any:
     except (RuntimeError, decord.DECORDError) as err:
         raise _video_error(path, take, err) from err
     if len(reader) < 1:
-        raise VideoReadError(f"take {take}: video {path} has no frames")
+        raise VideoReadError(f"{_take_prefix(take)}video {path} has no frames")
     return reader
 
 
-def read_frames(path: Path, indices: Sequence[int], take: str, reader: Any = None) -> np.ndarray:
+def read_frames(
+    path: Path, indices: Sequence[int], take: str | None = None, reader: Any = None
+) -> np.ndarray:
     """Decode frames ``indices`` of ``path`` (through ``reader`` if open): ``(T, H, W, 3)`` uint8."""
     import decord
 

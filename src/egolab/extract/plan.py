@@ -79,18 +79,22 @@ class ClipPlan:
         frames = positions[:, 0] if self.anchor == "start" else positions[:, -1]
         return frames.astype(np.float64) / self.effective_fps(native_fps)
 
-    def data_config_lines(self, native_fps: float) -> list[str]:
+    def data_config_lines(self, native_fps: float | None = None) -> list[str]:
         """Localization data overrides for features made with this plan (ActionFormer's convention).
 
         That convention is start-anchored (feature ``i`` covers frames ``[i * feat_stride, i * feat_stride
-        + num_frames)``), so an end-anchored plan has no such lines and raises.
+        + num_frames)``), so an end-anchored plan has no such lines and raises. Without a plan rate or
+        ``native_fps``, each video keeps its own rate: ``default_fps=null`` (the dataset then reads every
+        video's rate from the json).
         """
         if self.anchor != "start":
             raise ValueError(
                 f"localization features are start-anchored; this plan is anchored at the {self.anchor!r}"
             )
+        own_rate = self.fps is None and native_fps is None
+        fps = "null" if own_rate else _number(self.effective_fps(native_fps))
         return [
-            f"data.dataset.default_fps={_number(self.effective_fps(native_fps))}",
+            f"data.dataset.default_fps={fps}",
             f"data.dataset.feat_stride={self.stride}",
             f"data.dataset.num_frames={self.window}",
         ]

@@ -72,23 +72,6 @@ def list_videos(video_dir: Path, extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
     return videos
 
 
-def open_video(path: Path, threads: int = 1) -> Any:
-    """A decord ``VideoReader`` (``threads`` decoding threads) with at least one frame, or
-    ``VideoReadError`` naming the file."""
-    import decord
-
-    from egolab.data.skill import VideoReadError
-
-    try:
-        reader = decord.VideoReader(str(path), num_threads=max(1, int(threads)))
-    except (RuntimeError, decord.DECORDError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VideoReadError(f"unreadable video {path}: {first}") from err
-    if len(reader) < 1:
-        raise VideoReadError(f"video {path} has no frames")
-    return reader
-
-
 def clip_batches(clips: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(clips), batch_size):
         yield clips[start : start + batch_size]
@@ -107,9 +90,9 @@ def video_features(
     """``(num_clips, C)`` float32 features of one video; ``ValueError`` when it is shorter than a clip,
     ``VideoReadError`` when it cannot be decoded. Each batch decodes only the frames its clips use, and a
     per-frame backbone sees each of them once."""
-    from egolab.data.skill import read_frames
+    from egolab.data.skill import open_video, read_frames
 
-    reader = open_video(path, threads)
+    reader = open_video(path, num_threads=max(1, int(threads)))
     clips = plan.clips(len(reader), float(reader.get_avg_fps()))
     if len(clips) == 0:
         raise ValueError(f"too short: {len(reader)} frames, fewer than one clip ({plan.window} frames)")
@@ -117,7 +100,7 @@ def video_features(
     for batch in clip_batches(clips, batch_size):
         frames, where = np.unique(batch, return_inverse=True)
         started = time.perf_counter()
-        decoded = read_frames(path, frames.tolist(), path.stem, reader)
+        decoded = read_frames(path, frames.tolist(), reader=reader)
         tally.decode_s += time.perf_counter() - started
         tally.frames_decoded += len(frames)
         pixels = preprocess(decoded).to(device or "cpu")
@@ -226,9 +209,8 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if is_complete(output, fmt):
                 tally.skipped += 1
             else:
-                for leftover in output.parent.glob(
-                    f"{output.name}.tmp-*"
-                ):  # a killed attempt's (this shard's)
+                # a killed attempt's temporary file of this video (only this shard writes it)
+                for leftover in output.parent.glob(f"{output.name}.tmp-*"):
                     leftover.unlink()
                 try:
                     with _autocast(device, str(cfg.task.precision)):
@@ -257,12 +239,10 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         done = [n for n in names if n not in tally.failed]
         log.info("extract: LMDB written to %s", write_lmdb(out_dir, done, shard, plan.stride))
     tally.total_s = time.perf_counter() - started
-    return _report(tally, out_dir, run_dir, plan, videos, names, target)
+    return _report(tally, out_dir, run_dir, plan, target)
 
 
-def _report(
-    tally: Tally, out_dir: Path, run_dir: Path, plan: ClipPlan, videos: dict, names: list[str], target: str
-) -> dict[str, float]:
+def _report(tally: Tally, out_dir: Path, run_dir: Path, plan: ClipPlan, target: str) -> dict[str, float]:
     """Summary on the console, ``failed.txt`` and ``metrics.json``."""
     from egolab.errors import UserError
 
@@ -286,11 +266,8 @@ def _report(
         metrics["decode_frames_per_s"],
         metrics["features_per_s"],
     )
-    if target == "localization" and names:
-        lines = plan.data_config_lines(float(open_video(videos[names[0]]).get_avg_fps()))
-        if plan.fps is None:  # each video keeps its own rate: the dataset reads it from the json
-            lines[0] = "data.dataset.default_fps=null"
-        lines = "\n".join(lines)
+    if target == "localization" and tally.done + tally.skipped + len(tally.failed):  # the shard had videos
+        lines = "\n".join(plan.data_config_lines())
         log.info("extract: data config lines for these features (add them to the training TXT):\n%s", lines)
     failed_file = out_dir / "failed.txt"
     if tally.failed:
