@@ -52,7 +52,8 @@ def test_demo_learns_and_writes_its_run_dir(localization_demo_run):
     console = proc.stdout + proc.stderr  # each line once, no warning a user cannot act on
     assert console.count("GPU available") == 1, console[:3000]
     for noise in ("LeafSpec", "module(s) in eval mode", "litlogger", "INFO: ", "\x1b["):
-        assert noise not in console, noise
+        assert noise not in console, noise  # captured output is a pipe: no colour codes, wandb's included
+    assert "wandb: You can sync this run" in console
     for name in (
         "config.yaml",
         "checkpoints/last.ckpt",

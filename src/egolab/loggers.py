@@ -236,3 +236,16 @@ def wandb_logger(
     if logger._wandb_init.get("anonymous") is None:
         logger._wandb_init.pop("anonymous", None)
     return logger
+
+
+def finish_wandb(loggers: list[Any], exit_code: int) -> None:
+    """Close the W&B run of any WandbLogger that opened one, marking it failed for a non-zero exit code.
+
+    Left to wandb's exit hook, the closing lines ("sync this run with ...") keep their ANSI colour codes even
+    when stderr is a file (a SLURM .out, a redirected log).
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish(exit_code=exit_code)

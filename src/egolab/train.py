@@ -168,8 +168,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     from hydra.utils import instantiate
 
     from egolab.console import quiet_lightning
-    from egolab.launch.runs import check_run_folder, last_checkpoint, lock_run_folder
-    from egolab.loggers import is_global_zero_process
+    from egolab.launch.runs import check_run_folder, lock_run_folder
+    from egolab.loggers import finish_wandb, is_global_zero_process
     from egolab.recipe import apply_recipe
 
     quiet_lightning()
@@ -203,8 +203,20 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     )
 
     apply_recipe(cfg.get("recipe"), trainer, task, cfg.data.batch_size)
-    for logger in trainer.loggers:  # the seed and the whole setting as W&B config / hparams
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:  # the W&B run is closed here, not at interpreter exit, where wandb prints raw colour codes to files
+        for logger in trainer.loggers:  # the seed and the whole setting as W&B config / hparams
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        metrics = _fit_and_test(cfg, trainer, task, datamodule, run_dir)
+    except BaseException:
+        finish_wandb(trainer.loggers, exit_code=1)
+        raise
+    finish_wandb(trainer.loggers, exit_code=0)
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, trainer, task, datamodule, run_dir: Path) -> dict[str, float]:
+    """Fit (resuming from the folder's last checkpoint) unless test_only, then test and write the results."""
+    from egolab.launch.runs import last_checkpoint
 
     last = last_checkpoint(run_dir)
     if not cfg.test_only:  # the configuration of the run this folder holds; -t leaves it as trained
