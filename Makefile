@@ -21,11 +21,16 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 demo: venv
 	$(BIN)/python launch.py -c $(DEMO) -l
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures run once); TEST_WORKERS=0
+# runs the tests in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: venv
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,5 +1,6 @@
-"""Shared fixtures: demo data generated once per session, outputs in a temporary folder, one torch
-thread for in-process model tests, and the modules a subprocess ends up importing."""
+"""Shared fixtures: demo data generated once per session (per worker under pytest-xdist), outputs in a
+temporary folder, one torch thread for in-process model tests, and the modules a subprocess ends up
+importing."""
 
 import os
 import subprocess
@@ -12,31 +13,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the CPU: one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """One demo-data folder for the whole session (each task generates its own sub-folder on first use)."""
     return tmp_path_factory.mktemp("demo_data")
-
-
-@pytest.fixture(scope="session")
-def localization_demo_run(demo_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
-    """The README's demo command (``launch.py -c expts/demo/localization.txt -l``), run once per session
-    with one intra-op thread (fastest for the tiny model): its run folder, what it printed and its
-    environment. Shared by the test that it learns and the v2-vs-v1 comparison, which need the same run."""
-    outputs = tmp_path_factory.mktemp("localization_demo")
-    env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), OMP_NUM_THREADS="1")
-    env.update(WANDB_MODE="offline", PYTHONUNBUFFERED="1")  # wandb not silenced: its lines are checked too
-    proc = subprocess.run(
-        [sys.executable, "launch.py", "-c", "expts/demo/localization.txt", "-l"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return outputs / "expts" / "demo" / "localization.txt" / "0", proc, env
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""End-to-end runs of the localization demo through launch.py: learning, resume after a kill, -t,
-CPU DDP, the submitit paths, and lazy imports. Marked slow; CI runs them."""
+"""End-to-end runs of the localization demo through launch.py: learning (v1, and v2 as well as v1), resume
+after a kill, -t, CPU DDP, the submitit paths, and lazy imports. Marked slow; CI runs them."""
 
 import json
 import os
@@ -16,9 +16,31 @@ from egolab.metrics.localization import score_predictions_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "expts/demo/localization.txt"
+V2_DEMO = "expts/demo/localization_v2.txt"
+V2_TOLERANCE = 0.03  # v2 may trail v1 by this much average mAP (seed noise of the demo)
 SHORT = ["trainer.max_epochs=4", "task.warmup_epochs=1", "logger=csv", "data.num_workers=0"]
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def localization_demo_run(demo_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """The README's demo command (``launch.py -c expts/demo/localization.txt -l``), run once with one
+    intra-op thread (fastest for the tiny model): its run folder, what it printed and its
+    environment. Shared by the test that it learns and the v2-vs-v1 comparison, which need the same run."""
+    outputs = tmp_path_factory.mktemp("localization_demo")
+    env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), OMP_NUM_THREADS="1")
+    env.update(WANDB_MODE="offline", PYTHONUNBUFFERED="1")  # wandb not silenced: its lines are checked too
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "-c", DEMO, "-l"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return outputs / DEMO / "0", proc, env
 
 
 def launch(args, env, timeout=900, check=True):
@@ -73,6 +95,19 @@ def test_demo_learns_and_writes_its_run_dir(localization_demo_run):
     tested = launch(["-c", DEMO, "-t"], env)
     assert "test metrics" in tested.stdout
     assert metrics_of(run_dir) == pytest.approx(metrics, abs=1e-6), "-t on last.ckpt must reproduce the run"
+
+
+def test_v2_learns_the_demo_as_well_as_v1(egolab_env, localization_demo_run):
+    """The v2 backbone, heads and neck (every v2 switch on): test mAP at least v1's (the session's run of
+    the demo, one thread as here), same seed and settings, minus a small tolerance."""
+    launch(["-c", V2_DEMO, "-l", "logger=csv", "trainer.enable_progress_bar=false"], egolab_env)
+    v2 = metrics_of(run_dir_of(egolab_env, txt=V2_DEMO))
+    v1 = metrics_of(localization_demo_run[0])
+    print(f"v2 {v2}\nv1 {v1}")
+    config = (run_dir_of(egolab_env, txt=V2_DEMO) / "config.yaml").read_text()
+    assert "convTransformerv2" in config and "cs_fpn" in config
+    assert v1["test/average_mAP"] >= 0.8, "v1 must learn for the comparison to mean anything"
+    assert v2["test/average_mAP"] >= v1["test/average_mAP"] - V2_TOLERANCE
 
 
 KILLER = """

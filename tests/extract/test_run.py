@@ -298,3 +298,28 @@ def test_a_killed_extraction_relaunched_ends_with_the_same_files_without_redoing
             np.load(tmp_path / "killed" / f"v{k}.npy"), np.load(tmp_path / "reference" / f"v{k}.npy")
         )
     assert not list((tmp_path / "killed").glob("*.tmp-*"))
+
+
+def test_precision_auto_is_bf16_on_a_gpu_fp32_on_the_cpu_and_a_bad_value_is_refused():
+    from egolab.errors import UserError
+    from egolab.extract.run import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
+    assert autocast_dtype(torch.device("cpu"), "auto") is None
+    assert autocast_dtype(torch.device("cpu"), "fp16") is torch.float16
+    with pytest.raises(UserError, match="task.precision='half': one of auto, bf16, fp16, fp32"):
+        autocast_dtype(torch.device("cpu"), "half")
+
+
+def test_half_precision_features_are_stored_as_float32_close_to_full_precision(tmp_path):
+    """The GPU path's autocast, run on the CPU: bf16 changes the features a little (so it is applied) and
+    they are written as float32."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "v.mkv", 40)
+    for precision in ("fp32", "bf16"):
+        extract(videos, tmp_path / precision, tmp_path / f"run_{precision}", f"task.precision={precision}")
+    full, half = np.load(tmp_path / "fp32" / "v.npy"), np.load(tmp_path / "bf16" / "v.npy")
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert not np.array_equal(half, full)
+    np.testing.assert_allclose(half, full, rtol=0.05, atol=0.05 * np.abs(full).max())

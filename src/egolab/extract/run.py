@@ -3,8 +3,8 @@
 Run by ``egolab.train`` (so by launch.py: ``-l``, ``-g``, ``-p``, job arrays) when the task config is
 ``task=extract``. Per video of this shard (``data.shard=i/n``, or the SLURM array index): decode the frames
 the :class:`~egolab.extract.plan.ClipPlan` asks for (decord), resize and normalise them as the backbone
-wants, run the frozen backbone over batches of clips (autocast on GPU), and write the ``(T, C)`` float32
-features atomically:
+wants, run the frozen backbone over batches of clips (bf16 autocast on GPU), and write the ``(T, C)``
+float32 features atomically:
 
 - ``target=localization``: ``<out>/<video>.npy``, with the data-config lines that describe them printed;
 - ``target=backpack``: ``<out>/<video>.pt``;
@@ -19,6 +19,7 @@ goes on and ends with exit code 1 when any failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -129,13 +130,19 @@ def _preprocessor(backbone: Any) -> Callable[[np.ndarray], torch.Tensor]:
     return preprocess
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    import contextlib
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast("cuda", dtype=dtype)
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``task.precision`` (None: fp32). ``auto`` is bf16 on a GPU and fp32 on the
+    CPU, where half precision is slow on most processors; an explicit bf16 / fp16 applies on either."""
+    from egolab.errors import UserError
+
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise UserError(f"task.precision={precision!r}: one of auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 def write_lmdb(out_dir: Path, names: list[str], shard: str | None, stride: int = 1) -> Path:
@@ -183,6 +190,7 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     videos = list_videos(Path(data.video_dir))
     names = shard_of(list(videos), shard)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.task.device != "cpu" else "cpu")
+    dtype = autocast_dtype(device, str(cfg.task.precision))
     backbone = instantiate(cfg.model).eval().requires_grad_(False).to(device)
     preprocess = _preprocessor(backbone)
     fmt = TARGET_FORMATS[target]
@@ -213,7 +221,7 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 for leftover in output.parent.glob(f"{output.name}.tmp-*"):
                     leftover.unlink()
                 try:
-                    with _autocast(device, str(cfg.task.precision)):
+                    with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                         features = video_features(
                             videos[name],
                             plan,
