@@ -67,12 +67,18 @@ class LoaderPositionRestore(L.Callback):
     ``trainer.estimated_stepping_batches`` (every egolab task: warmup + cosine per step) makes it build the
     loader before the checkpoint is loaded, and then the states are never applied (Lightning 2.6): the
     resumed epoch would start over. This applies them, and restarts the loader, when training starts.
+    The samplers are first told the epoch that will run (Lightning tells them only after the loader has
+    started): a checkpoint taken after the last batch of an epoch resumes at the start of the next one.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.fabric.utilities.data import _set_sampler_epoch
+
         fit_loop = trainer.fit_loop
         if fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
             fit_loop._load_combined_loader_states()
+            for loader in fit_loop._combined_loader.flattened:
+                _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
             iter(fit_loop._data_fetcher)
 
 

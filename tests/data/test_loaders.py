@@ -94,7 +94,9 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
-def fit(num_workers: int, callbacks: list = (), ckpt_path: Path | None = None) -> list[torch.Tensor]:
+def fit(
+    num_workers: int, callbacks: list = (), ckpt_path: Path | None = None, module: type[Recorder] = Recorder
+) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     seed_everything(0, workers=True)
     trainer = L.Trainer(
@@ -105,7 +107,7 @@ def fit(num_workers: int, callbacks: list = (), ckpt_path: Path | None = None) -
         enable_model_summary=False,
         callbacks=[RNGStateCheckpoint(), LoaderPositionRestore(), *callbacks],
     )
-    trainer.fit(Recorder(seen, num_workers), ckpt_path=ckpt_path)
+    trainer.fit(module(seen, num_workers), ckpt_path=ckpt_path)
     return seen
 
 
@@ -123,6 +125,42 @@ def test_a_run_resumed_mid_epoch_sees_the_uninterrupted_batches(tmp_path, worker
     assert torch.equal(torch.cat(stopped + resumed), torch.cat(uninterrupted))
     orders = [torch.cat(uninterrupted[e * 3 : e * 3 + 3])[:, 0].tolist() for e in range(3)]
     assert orders[0] != orders[1] != orders[2], "each epoch has its own order"
+
+
+class FourCrops(RandomCrops):
+    def __len__(self) -> int:
+        return 4
+
+
+class TwoTasks(Recorder):
+    """Batches of a 3-batch loader and a 2-batch one cycled by Lightning's ``max_size_cycle`` (as the
+    backpack task combines its tasks): the short one's second pass starts in the last step of an epoch."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        dropout = torch.rand((1, 4), dtype=torch.float64)
+        self.seen.append(torch.cat([batch["long"], batch["short"] + 100, dropout]))
+        return self.linear(batch["long"]).mean() * dropout.mean()
+
+    def train_dataloader(self):
+        from lightning.pytorch.utilities.combined_loader import CombinedLoader
+
+        loaders = {
+            "long": make_loader(RandomCrops(), 3, training=True, num_workers=self.num_workers),
+            "short": make_loader(FourCrops(), 2, training=True, num_workers=self.num_workers),
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+
+@pytest.mark.parametrize("batch_idx", [0, 1, 2])
+def test_cycled_loaders_resume_where_each_one_was(tmp_path, batch_idx):
+    """Checkpoint in the middle of both loaders' passes, at the end of the short one's pass, and after an
+    epoch's last batch (the short one part-way through its second pass): the resumed run's batches are the
+    uninterrupted run's."""
+    uninterrupted = fit(0, module=TwoTasks)
+    stopped = fit(0, [StopAt(tmp_path / "mid.ckpt", batch_idx)], module=TwoTasks)
+    resumed = fit(0, ckpt_path=tmp_path / "mid.ckpt", module=TwoTasks)
+    assert len(stopped) == 4 + batch_idx and len(stopped) + len(resumed) == len(uninterrupted) == 9
+    assert torch.equal(torch.cat(stopped + resumed), torch.cat(uninterrupted))
 
 
 def test_a_samples_draws_depend_only_on_seed_epoch_and_index():
@@ -156,9 +194,12 @@ def test_each_pass_of_an_epoch_has_its_own_order_and_seeds():
     assert {seed for _, seed in first}.isdisjoint(seed for _, seed in second)
 
 
-def test_epoch_sampler_resumes_part_way_through_a_pass_or_at_the_next_epoch():
+def test_epoch_sampler_resumes_part_way_through_a_pass_at_the_next_pass_or_at_the_next_epoch():
     sampler = EpochSampler(RandomCrops(), seed=0, batch_size=3, drop_last=True)
     sampler.resume(2, 1, 4)
     assert list(sampler) == passes(2, 2)[1][4:]
-    sampler.resume(4, 0, 9)  # 3 full batches of 10 samples: the pass is over, the next epoch starts
+    sampler.resume(4, 0, 9)  # 3 full batches of 10 samples: the pass is over, the next one starts
+    assert list(sampler) == passes(4, 2)[1]
+    sampler.resume(4, 0, 5)
+    sampler.set_epoch(5)  # the epoch was over: the next one starts from its beginning
     assert list(sampler) == passes(5, 1)[0]

@@ -111,8 +111,9 @@ class EpochSampler(DistributedSampler):
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
+        if epoch != self.epoch:  # a new epoch starts with its first pass, from its first sample
             self._next_pass = 0
+            self.start = 0
         super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -126,12 +127,13 @@ class EpochSampler(DistributedSampler):
         return iter([(index, mixed_seed(*key, 1, index)) for index in share])
 
     def resume(self, epoch: int, pass_: int, position: int) -> None:
-        """Start the next pass as pass ``pass_`` of ``epoch`` at sample ``position``; at or past the last
-        full batch of a pass (``batch_size`` and ``drop_last`` say which that is), at the start of the next
-        epoch."""
+        """Go on from sample ``position`` of pass ``pass_`` of ``epoch``: part-way through that pass, or,
+        at or past its last full batch (``batch_size`` and ``drop_last`` say which that is), at the start
+        of the next pass of the epoch, which ``max_size_cycle`` runs when a longer loader goes on. When the
+        epoch is over, Lightning's ``set_epoch`` with the next epoch starts that one from the beginning."""
         finished = position >= self.epoch_end
-        self.epoch = epoch + 1 if finished else epoch
-        self._next_pass = 0 if finished else pass_
+        self.epoch = epoch
+        self._next_pass = pass_ + 1 if finished else pass_
         self.start = 0 if finished else position
 
 
