@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interruptions import env_with_interruptions
 
 from egolab.metrics.localization import score_predictions_file
 
@@ -110,34 +111,6 @@ def test_v2_learns_the_demo_as_well_as_v1(egolab_env, localization_demo_run):
     assert v2["test/average_mAP"] >= v1["test/average_mAP"] - V2_TOLERANCE
 
 
-KILLER = """
-import os, signal
-import lightning as L
-
-
-class KillAtEpoch(L.Callback):
-    \"\"\"SIGKILL this process when an epoch starts: a crash at a known point, after a checkpoint.\"\"\"
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class SignalAtBatch(L.Callback):
-    \"\"\"Send this process ``signum`` during batch ``batch`` of epoch ``epoch``: mid-epoch.\"\"\"
-
-    def __init__(self, epoch, batch, signum):
-        self.epoch, self.batch, self.signum = epoch, batch, signum
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            os.kill(os.getpid(), self.signum)
-"""
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(demo_root, tmp_path_factory) -> dict:
     """Metrics of the SHORT demo run, never interrupted (one intra-op thread, as ``egolab_env``: the
@@ -150,14 +123,20 @@ def uninterrupted(demo_root, tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def callbacks_env(egolab_env, tmp_path) -> dict:
-    (tmp_path / "killer.py").write_text(KILLER)
-    return dict(egolab_env, PYTHONPATH=str(tmp_path))
+def callbacks_env(egolab_env) -> dict:
+    return env_with_interruptions(egolab_env)
 
 
 def test_killed_run_resumes_to_the_same_result(callbacks_env, uninterrupted):
     killed = launch(
-        ["-c", DEMO, "-l", *SHORT, "+callbacks.kill._target_=killer.KillAtEpoch", "+callbacks.kill.epoch=2"],
+        [
+            "-c",
+            DEMO,
+            "-l",
+            *SHORT,
+            "+callbacks.kill._target_=interruptions.KillAtEpoch",
+            "+callbacks.kill.epoch=2",
+        ],
         callbacks_env,
         check=False,
     )
@@ -175,7 +154,7 @@ def test_sigterm_mid_epoch_saves_and_the_relaunch_ends_as_if_uninterrupted(callb
     """SIGTERM in batch 1 of epoch 1: last.ckpt saved after that batch, a one-line message, exit 143;
     the relaunch (with 2 DataLoader workers where the reference had none) resumes mid-epoch and ends with
     the uninterrupted metrics."""
-    signal_at = ["+callbacks.kill._target_=killer.SignalAtBatch", "+callbacks.kill.epoch=1"]
+    signal_at = ["+callbacks.kill._target_=interruptions.SignalAtBatch", "+callbacks.kill.epoch=1"]
     stopped = launch(
         ["-c", DEMO, "-l", *SHORT, *signal_at, "+callbacks.kill.batch=1", "+callbacks.kill.signum=15"],
         callbacks_env,

@@ -1,6 +1,7 @@
 """End-to-end backpack (EgoPack) demo through launch.py: phase 1 learns its three tasks, phase 2 on a
 64-window AR training set beats AR trained alone, predictions re-score, `-t` reloads the backpack from
-the run's own checkpoint, and a run imports no other task's heavy libraries. Slow."""
+the run's own checkpoint, an interrupted phase 1 resumes exactly, and a run imports no other task's heavy
+libraries. Slow."""
 
 import json
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from interruptions import env_with_interruptions
 
 from egolab.metrics.backpack import lta_metrics, pnr_metrics, read_predictions, score_predictions_file
 
@@ -80,6 +82,31 @@ def test_phase1_learns_then_phase2_beats_the_single_task_baseline(egolab_env):
     rescored = score_predictions_file(run_dir(egolab_env, EGOPACK) / "predictions.npz")
     for name, value in rescored.items():
         assert egopack[f"test/{name}"] == pytest.approx(value, abs=1e-6), name
+
+
+def test_interrupted_phase1_resumes_to_the_uninterrupted_result(egolab_env, tmp_path):
+    """Phase 1 cycles its shorter task loaders within an epoch (per epoch: LTA 72 batches, OSCC 12, PNR 6).
+    SIGTERM in batch 11 of epoch 0 (saved after it: OSCC and PNR both at the end of a pass) and SIGKILL as
+    epoch 1 starts (resumed from the epoch-end checkpoint): each relaunch ends with the metrics of the run
+    never interrupted."""
+    short = ["trainer.max_epochs=2"]
+    env = env_with_interruptions(egolab_env)
+    reference = dict(env, EGOLAB_OUTPUTS=str(tmp_path / "reference"))
+    launch(MTL, reference, "-l", *short)
+    expected = metrics_of(reference, MTL)
+    stops = {
+        "sigterm": ["+callbacks.kill._target_=interruptions.SignalAtBatch", "+callbacks.kill.epoch=0"]
+        + ["+callbacks.kill.batch=11", "+callbacks.kill.signum=15"],
+        "sigkill": ["+callbacks.kill._target_=interruptions.KillAtEpoch", "+callbacks.kill.epoch=1"],
+    }
+    for name, stop in stops.items():
+        run_env = dict(env, EGOLAB_OUTPUTS=str(tmp_path / name))
+        cmd = [sys.executable, "launch.py", "-c", MTL, "-l", *short, *stop, "logger=csv"]
+        stopped = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=900)
+        assert stopped.returncode != 0 and (run_dir(run_env, MTL) / "checkpoints" / "last.ckpt").is_file()
+        assert not (run_dir(run_env, MTL) / "metrics.json").exists(), name
+        launch(MTL, run_env, "-l", *short)
+        assert metrics_of(run_env, MTL) == pytest.approx(expected, abs=1e-6), name
 
 
 def test_phase2_without_its_support_run_says_what_to_run(egolab_env):
