@@ -261,3 +261,23 @@ def test_an_offline_wandb_run_starts_without_the_anonymous_setting_warning(wandb
     assert "anonymous" not in logger._wandb_init
     logger.experiment.finish()
     assert "anonymous" not in capfd.readouterr().err
+
+
+def test_the_run_closes_its_wandb_run_and_a_failure_to_close_does_not_hide_why_it_stopped(wandb_home, caplog):
+    import wandb
+
+    logger = wandb_logger(str(wandb_home / "run"), mode="offline")
+    logger.log_hyperparams({"seed": 0})
+    assert wandb.run is not None
+    loggers.finish_wandb([logger, csv_logger(str(wandb_home / "run"))], exit_code=0)
+    assert wandb.run is None
+
+    class Unclosable:
+        def finish(self, exit_code: int) -> None:
+            raise OSError("disk full")
+
+    logger._experiment = Unclosable()
+    loggers.finish_wandb([logger], exit_code=1)  # the run failed already: its error is the one to report
+    assert "could not close the W&B run: disk full" in caplog.text
+    with pytest.raises(OSError, match="disk full"):
+        loggers.finish_wandb([logger], exit_code=0)

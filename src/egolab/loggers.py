@@ -248,4 +248,9 @@ def finish_wandb(loggers: list[Any], exit_code: int) -> None:
 
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger._experiment.finish(exit_code=exit_code)
+            try:
+                logger._experiment.finish(exit_code=exit_code)
+            except Exception as err:  # closing the log must not hide why the run stopped
+                if exit_code == 0:
+                    raise
+                log.warning("could not close the W&B run: %s", err)
