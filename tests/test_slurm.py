@@ -8,12 +8,14 @@ run's. Skipped, with the reason, where no cluster answers (no root or apt to sta
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,3 +213,96 @@ def test_time_limit_preemption_completes_with_the_uninterrupted_metrics(seed_arr
     (job_id,) = job_ids(exp_dir)
     states = assert_completed_as_uninterrupted(proc, exp_dir, job_id, seed_array)
     print(f"time-limit preemption: SLURM records {states}")
+
+
+EXTRACT = "expts/extract/thumos_videomae.txt"
+TINY_EXTRACTION = ["model=extract/tiny_random", "task.batch_size=4", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Three short synthetic videos (mp4, 30 fps): clips of 16 frames every 4 give 4, 6 and 8 features."""
+    from egolab.data.demo_skill import write_video
+
+    folder = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    for name, frames in (("a", 28), ("b", 36), ("c", 44)):
+        write_video(folder / f"{name}.mp4", rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8))
+    return folder
+
+
+def extracted(out_dir: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in sorted(out_dir.glob("*.npy"))}
+
+
+def test_an_extraction_sharded_over_a_job_array_writes_what_one_local_run_writes(slurm_env, videos, tmp_path):
+    """The README's path: a sweep data.shard=0/2,1/2 with --cluster is one job array of two tasks; together
+    they write every video's features, equal to an unsharded local run's."""
+    where = [f"data.video_dir={videos}", *TINY_EXTRACTION]
+    local = subprocess.run(
+        [sys.executable, "launch.py", "-c", EXTRACT, "-l", "--outputs", str(tmp_path / "local"), *where]
+        + [f"data.out_dir={tmp_path / 'local_features'}"],
+        cwd=ROOT,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    cmd = [
+        sys.executable,
+        "launch.py",
+        "-c",
+        EXTRACT,
+        *RESOURCES,
+        "--outputs",
+        str(tmp_path / "array"),
+        *where,
+    ]
+    cmd += [f"data.out_dir={tmp_path / 'array_features'}", "data.shard=0/2,1/2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (array_id,) = {job.split("_")[0] for job in job_ids(tmp_path / "array" / EXTRACT)}
+    assert [final_states(f"{array_id}_{task}") for task in "01"] == [["COMPLETED"], ["COMPLETED"]]
+    done = [json.loads((tmp_path / "array" / EXTRACT / i / "metrics.json").read_text()) for i in "01"]
+    assert [d["videos_done"] for d in done] == [2, 1]  # shard 0: a and c; shard 1: b
+    expected, got = extracted(tmp_path / "local_features"), extracted(tmp_path / "array_features")
+    assert sorted(got) == ["a", "b", "c"] and [len(got[n]) for n in "abc"] == [4, 6, 8]
+    for name in expected:
+        assert (got[name] == expected[name]).all(), name
+
+
+def test_shard_array_takes_the_share_of_the_sbatch_array_task_it_runs_in(slurm_env, videos, tmp_path):
+    """A user's own `sbatch --array=0-1` running the training entry with data.shard=array: each task takes
+    its share by SLURM's array variables; both together extract every video once."""
+    overrides = ["task=extract", "data=extract/localization", "data.plan.fps=30", f"data.video_dir={videos}"]
+    overrides += [f"data.out_dir={tmp_path / 'features'}", "data.shard=array", *TINY_EXTRACTION]
+    command = shlex.join([sys.executable, "-m", "egolab.train", *overrides])
+    script = f'cd {ROOT} && {command} "hydra.run.dir={tmp_path}/run_$SLURM_ARRAY_TASK_ID"'
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            "-c",
+            "1",
+            "--mem=2G",
+            "-o",
+            str(tmp_path / "%a.out"),
+            "--wrap",
+            script,
+        ],
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    array_id = submitted.stdout.strip().split(";")[0]
+    states = [final_states(f"{array_id}_{task}", timeout_s=600) for task in "01"]
+    logs = "".join((tmp_path / f"{task}.out").read_text() for task in "01")
+    assert states == [["COMPLETED"], ["COMPLETED"]], logs[-3000:]
+    done = [
+        json.loads((tmp_path / f"run_{task}" / "metrics.json").read_text())["videos_done"] for task in "01"
+    ]
+    assert done == [2, 1]
+    assert sorted(extracted(tmp_path / "features")) == ["a", "b", "c"]

@@ -8,7 +8,7 @@ from egolab.data.anticipation import LMDBFeatureReader, Segment, lmdb_key
 from egolab.extract.writers import (
     is_complete,
     merge_lmdb,
-    shard_from_env,
+    resolve_shard,
     shard_of,
     write_array_atomically,
     write_lmdb_shard,
@@ -37,16 +37,35 @@ def test_bad_shards(shard):
         shard_of(NAMES, shard)
 
 
-def test_shard_from_env(monkeypatch):
-    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+ARRAY_VARIABLES = (
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_STEP",
+)
+
+
+def test_only_shard_array_reads_the_slurm_array_variables(monkeypatch):
+    from egolab.errors import BadValue
+
+    for name in ARRAY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert shard_from_env(None) is None
+    with pytest.raises(BadValue, match="data.shard=array: this is not a SLURM array task"):
+        resolve_shard("array")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
-    assert shard_from_env(None) == "3/8"
-    assert shard_from_env("1/2") == "1/2"
+    assert resolve_shard(None) is None, "a job array of a sweep does not shard by itself"
+    assert resolve_shard(" 1/2 ") == "1/2"
+    assert resolve_shard("array") == "3/8"
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    assert shard_from_env(None) == "2/8"
+    assert resolve_shard("array") == "2/8"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")  # --array=1-15:2: task 3 is the second
+    assert resolve_shard("array") == "1/8"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    with pytest.raises(BadValue, match="array task 4 is not one of 8 evenly spaced tasks from 1"):
+        resolve_shard("array")
+    with pytest.raises(BadValue, match=r"data.shard=2/2: shard '2/2' is out of range"):
+        resolve_shard("2/2")
 
 
 @pytest.mark.parametrize("fmt", ["npy", "pt"])

@@ -1,10 +1,10 @@
 """Extract features from a folder of videos into the files a feature-based task reads.
 
 Run by ``egolab.train`` (so by launch.py: ``-l``, ``-g``, ``-p``, job arrays) when the task config is
-``task=extract``. Per video of this shard (``data.shard=i/n``, or the SLURM array index): decode the frames
-the :class:`~egolab.extract.plan.ClipPlan` asks for (decord), resize and normalise them as the backbone
-wants, run the frozen backbone over batches of clips (bf16 autocast on GPU), and write the ``(T, C)``
-float32 features atomically:
+``task=extract``. Per video of this shard (``data.shard=i/n``, or ``array``: the SLURM array index):
+decode the frames the :class:`~egolab.extract.plan.ClipPlan` asks for (decord), resize and normalise them
+as the backbone wants, run the frozen backbone over batches of clips (bf16 autocast on GPU), and write
+the ``(T, C)`` float32 features atomically:
 
 - ``target=localization``: ``<out>/<video>.npy``, with the data-config lines that describe them printed;
 - ``target=backpack``: ``<out>/<video>.pt``;
@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from egolab.extract.plan import ClipPlan
-from egolab.extract.writers import is_complete, shard_from_env, shard_of, write_array_atomically
+from egolab.extract.writers import is_complete, resolve_shard, shard_of, write_array_atomically
 
 log = logging.getLogger("egolab")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -186,7 +186,7 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise UserError(f"data.target={target!r}: one of {sorted(TARGET_FORMATS)}")
     plan = ClipPlan(data.plan.fps, int(data.plan.window), int(data.plan.stride), str(data.plan.anchor))
     out_dir = Path(data.out_dir)
-    shard = shard_from_env(data.get("shard"))
+    shard = resolve_shard(data.get("shard"))
     videos = list_videos(Path(data.video_dir))
     names = shard_of(list(videos), shard)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.task.device != "cpu" else "cpu")

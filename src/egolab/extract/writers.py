@@ -3,7 +3,7 @@
 Every output is written under a temporary name in its final folder (``<name>.tmp-<pid>``, never a final
 name) and renamed onto its final name once complete, so a file with the final name is always whole and
 a rerun can skip it (:func:`is_complete`). Videos are split between jobs with :func:`shard_of`
-(``"i/n"``, e.g. one SLURM array task each, :func:`shard_from_env`); the anticipation LMDB is written as
+(``"i/n"``, e.g. one SLURM array task each, :func:`resolve_shard`); the anticipation LMDB is written as
 one store per shard (:func:`write_lmdb_shard`) and merged at the end (:func:`merge_lmdb`).
 """
 
@@ -42,13 +42,34 @@ def shard_of(names: Sequence[str], shard: str | None) -> list[str]:
     return ordered[index::count]
 
 
-def shard_from_env(shard: str | None) -> str | None:
-    """``shard``, or when it is None and this is a SLURM array task, that task's ``"i/n"``."""
-    task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    if shard is not None or task is None or count is None:
-        return shard
-    first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-    return f"{int(task) - first}/{int(count)}"
+def resolve_shard(shard: str | None) -> str | None:
+    """``data.shard`` as ``"i/n"``: None (all videos) and ``"i/n"`` as given, ``"array"`` this SLURM array
+    task's place in its array (for ``sbatch --array=0-3``: task 2 of 4 is ``"2/4"``). A job array that
+    launch.py submits for a sweep does not shard by itself: only ``"array"`` reads the array variables.
+    ``BadValue`` for anything else, or ``"array"`` outside an array task."""
+    from egolab.errors import BadValue
+
+    if shard is None:
+        return None
+    shard = str(shard).strip()
+    if shard == "array":
+        task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
+        if task is None or count is None:
+            raise BadValue("data.shard=array: this is not a SLURM array task (no $SLURM_ARRAY_TASK_ID)")
+        first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1"))
+        index, remainder = divmod(int(task) - first, step)
+        if remainder or not 0 <= index < int(count):
+            raise BadValue(
+                f"data.shard=array: array task {task} is not one of {count} evenly spaced tasks from {first}"
+                " (use --array=A-B or A-B:STEP, or data.shard=i/n)"
+            )
+        shard = f"{index}/{count}"
+    try:
+        shard_of([], shard)
+    except ValueError as err:
+        raise BadValue(f"data.shard={shard}: {err}") from None
+    return shard
 
 
 def _temporary(path: Path) -> Path:
