@@ -1,6 +1,7 @@
 """Feature extraction end to end on small videos: which frames each feature comes from, skipping finished
 videos, sharding, and failures listed without stopping the run."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,25 @@ def test_half_precision_features_are_stored_as_float32_close_to_full_precision(t
     assert half.dtype == np.float32 and half.shape == full.shape
     assert not np.array_equal(half, full)
     np.testing.assert_allclose(half, full, rtol=0.05, atol=0.05 * np.abs(full).max())
+
+
+def test_a_feature_folder_keeps_one_setting(tmp_path, caplog):
+    """A rerun into the same data.out_dir with another clip plan or backbone is refused before any video is
+    read (its finished videos would be skipped and two settings mixed); batch size and shard may change."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "v.mkv", 40)
+    extract(videos, tmp_path / "out", tmp_path / "run_0")
+    setting = json.loads((tmp_path / "out" / "extraction.json").read_text())
+    assert setting["plan"]["window"] == 8 and setting["precision"] == "float32" and setting["seed"] == 0
+
+    metrics = extract(videos, tmp_path / "out", tmp_path / "run_1", "task.batch_size=3", "data.shard=0/1")
+    assert metrics["videos_skipped"] == 1
+    changes = {"data.plan.window=4": "plan.window: 8 -> 4", "seed=1": "seed: 0 -> 1"}
+    for attempt, (change, listed) in enumerate(changes.items(), start=2):
+        caplog.clear()
+        with pytest.raises(SystemExit) as refused:
+            extract(videos, tmp_path / "out", tmp_path / f"run_{attempt}", change)
+        assert refused.value.code == 1
+        assert "holds features extracted with another setting" in caplog.text and listed in caplog.text
+    assert json.loads((tmp_path / "out" / "extraction.json").read_text()) == setting

@@ -33,7 +33,13 @@ import torch
 from omegaconf import DictConfig
 
 from egolab.extract.plan import ClipPlan
-from egolab.extract.writers import is_complete, resolve_shard, shard_of, write_array_atomically
+from egolab.extract.writers import (
+    check_feature_folder,
+    is_complete,
+    resolve_shard,
+    shard_of,
+    write_array_atomically,
+)
 
 log = logging.getLogger("egolab")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -172,6 +178,22 @@ def write_lmdb(out_dir: Path, names: list[str], shard: str | None, stride: int =
     return path
 
 
+def extraction_setting(cfg: DictConfig, dtype: torch.dtype | None) -> dict[str, Any]:
+    """What the features depend on: the target, the clip plan, the backbone (and the seed of a randomly
+    initialised one) and the autocast dtype; not the batch size, the devices or the shard."""
+    from omegaconf import OmegaConf
+
+    setting = {
+        "target": str(cfg.data.target),
+        "plan": OmegaConf.to_container(cfg.data.plan, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+    }
+    if not cfg.model.get("pretrained", True):
+        setting["seed"] = int(cfg.seed)
+    return setting
+
+
 def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Extract this shard's videos as ``cfg.data`` says with the backbone ``cfg.model``; write
     ``metrics.json`` (counts and rates) in ``run_dir`` and return it."""
@@ -191,6 +213,7 @@ def run_extraction(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     names = shard_of(list(videos), shard)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.task.device != "cpu" else "cpu")
     dtype = autocast_dtype(device, str(cfg.task.precision))
+    check_feature_folder(out_dir, extraction_setting(cfg, dtype))
     backbone = instantiate(cfg.model).eval().requires_grad_(False).to(device)
     preprocess = _preprocessor(backbone)
     fmt = TARGET_FORMATS[target]

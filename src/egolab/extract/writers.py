@@ -91,6 +91,33 @@ def _renamed_onto(path: Path) -> Iterator[Path]:
         raise
 
 
+SETTING_FILE = "extraction.json"
+"""The setting (target, clip plan, backbone, precision) the features in a folder come from."""
+
+
+def check_feature_folder(out_dir: Path, setting: dict) -> None:
+    """Record ``setting`` in ``out_dir`` (:data:`SETTING_FILE`), or refuse the folder when it holds the
+    features of another setting: a rerun skips the videos whose files are complete, so features of two
+    settings would otherwise mix without a word. ``BadValue`` lists the differing keys."""
+    import json
+
+    from egolab.errors import BadValue
+    from egolab.launch.runs import config_differences
+
+    path = Path(out_dir) / SETTING_FILE
+    if path.is_file():
+        differences = config_differences(json.loads(path.read_text()), setting)
+        if differences:
+            listed = "\n  ".join(differences)
+            raise BadValue(
+                f"{out_dir} holds features extracted with another setting ({SETTING_FILE} there, then this "
+                f"run):\n  {listed}\nExtract into another data.out_dir, or delete this one to redo it."
+            )
+        return
+    with _renamed_onto(path) as tmp:
+        tmp.write_text(json.dumps(setting, indent=2, sort_keys=True) + "\n")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
