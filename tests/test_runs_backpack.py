@@ -67,6 +67,7 @@ def test_phase1_learns_then_phase2_beats_the_single_task_baseline(egolab_env):
 
     proc = launch(EGOPACK, egolab_env, "-l")
     assert "backpack: 16 seen actions x 3 support tasks" in proc.stdout + proc.stderr
+    assert "is deprecated" not in proc.stdout + proc.stderr  # torch_geometric's import-time warning
     egopack = metrics_of(egolab_env, EGOPACK)
     launch(ALONE, egolab_env, "-l")
     alone = metrics_of(egolab_env, ALONE)

@@ -16,6 +16,7 @@ NOT_ACTIONABLE = (
     r"The `srun` command is available on your system but is not used",  # outside SLURM jobs
     r"Found \d+ module\(s\) in eval mode at the start of training",  # EMA copies are eval by design
     r".*does not have many workers which may be a bottleneck",  # the CPU demos run with few workers
+    r"`torch.jit.script` is deprecated",  # torch_geometric scripts some of its functions when imported
 )
 NOT_ACTIONABLE_LOGS = ("Tip: For seamless cloud logging",)  # the litlogger advertisement
 
