@@ -1,6 +1,7 @@
 """Every experiment file composes and builds its task; every demo experiment runs one batch."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_demo_experiment_fast_dev_run(path, egolab_env, tmp_path):
     cmd = [sys.executable, "launch.py", "-c", str(path.relative_to(ROOT)), "-g", "trainer.fast_dev_run=true"]
     proc = subprocess.run(cmd, cwd=ROOT, env=egolab_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    warned = re.findall(r"\w+Warning: .*", proc.stdout + proc.stderr)
+    assert not warned, f"Python warnings a user cannot act on: {warned}"
     run_dir = tmp_path / "OUTPUTS" / "expts" / "demo" / path.name / "debug" / "0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics, "no test metrics written"

@@ -17,6 +17,7 @@ NOT_ACTIONABLE = (
     r"Found \d+ module\(s\) in eval mode at the start of training",  # EMA copies are eval by design
     r".*does not have many workers which may be a bottleneck",  # the CPU demos run with few workers
     r"`torch.jit.script` is deprecated",  # torch_geometric scripts some of its functions when imported
+    r"`is_gradient_checkpointing` is deprecated",  # peft reads the old transformers attribute
 )
 NOT_ACTIONABLE_LOGS = ("Tip: For seamless cloud logging",)  # the litlogger advertisement
 
