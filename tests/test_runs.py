@@ -32,15 +32,7 @@ def localization_demo_run(demo_root, tmp_path_factory) -> tuple[Path, subprocess
     outputs = tmp_path_factory.mktemp("localization_demo")
     env = dict(os.environ, EGOLAB_DEMO_DATA=str(demo_root), EGOLAB_OUTPUTS=str(outputs), OMP_NUM_THREADS="1")
     env.update(WANDB_MODE="offline", PYTHONUNBUFFERED="1")  # wandb not silenced: its lines are checked too
-    proc = subprocess.run(
-        [sys.executable, "launch.py", "-c", DEMO, "-l"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = launch(["-c", DEMO, "-l"], env, timeout=1200)
     return outputs / DEMO / "0", proc, env
 
 

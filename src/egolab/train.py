@@ -174,9 +174,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
 
     quiet_lightning()
     check_config(cfg, overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     if is_global_zero_process():
         lock_run_folder(run_dir)
-        check_run_folder(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        check_run_folder(run_dir, resolved)
     remove_stale_submitit_result()
     L.seed_everything(cfg.seed, workers=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     apply_recipe(cfg.get("recipe"), trainer, task, cfg.data.batch_size)
     try:  # the W&B run is closed here, not at interpreter exit, where wandb prints raw colour codes to files
         for logger in trainer.loggers:  # the seed and the whole setting as W&B config / hparams
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(resolved)
         metrics = _fit_and_test(cfg, trainer, task, datamodule, run_dir)
     except BaseException:
         finish_wandb(trainer.loggers, exit_code=1)

@@ -174,16 +174,15 @@ def make_loader(
     persistent_workers: bool = False,
     shuffle: bool | None = None,
     drop_last: bool | None = None,
-    loader_cls: type[DataLoader] = DataLoader,
     **kwargs: Any,
 ) -> DataLoader:
     """A loader over ``dataset``; training shuffles and drops the last incomplete batch.
 
-    A shuffled loader is a :class:`ResumableLoader` over :class:`EpochSampler` and :class:`SeededSamples`
-    (``loader_cls`` then only applies to the others; pass its ``collate_fn``, e.g. PyG's ``Collater``,
-    explicitly). ``drop_last`` defaults to ``training and len(dataset) > batch_size``, so a training set
-    smaller than one batch still yields a step. ``persistent_workers`` only applies with workers. Extra
-    keyword arguments (``collate_fn``, ...) go to the loader.
+    A shuffled loader is a :class:`ResumableLoader` over :class:`EpochSampler` and :class:`SeededSamples`;
+    batches of another kind come from ``collate_fn`` (e.g. PyG's ``Collater``). ``drop_last`` defaults to
+    ``training and len(dataset) > batch_size``, so a training set smaller than one batch still yields a
+    step. ``persistent_workers`` only applies with workers. Extra keyword arguments (``collate_fn``, ...)
+    go to the loader.
     """
     if shuffle is None:
         shuffle = training
@@ -199,7 +198,7 @@ def make_loader(
         **kwargs,
     )
     if not shuffle:
-        return loader_cls(dataset, shuffle=False, **common)
+        return DataLoader(dataset, shuffle=False, **common)
     seed = global_seed()
     sampler = EpochSampler(dataset, seed, batch_size, drop_last)
     # A private generator for the workers' base seed: drawn from the global RNG, it would shift dropout
